@@ -1,0 +1,73 @@
+"""Scoring with onnxruntime: a loaded bundle turned into `meteor probability = f(prev, cur)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge.bundle import Bundle, BundleError, load_bundle
+from edge.preprocess import Preprocessor, to_nchw
+
+
+@dataclass
+class Scorer:
+    bundle: Bundle
+    session: ort.InferenceSession
+    preprocessor: Preprocessor
+
+    @property
+    def manifest(self):
+        return self.bundle.manifest
+
+    def preprocess(
+        self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self.preprocessor(previous, current, mask)
+
+    def score_inputs(self, images: list[np.ndarray]) -> np.ndarray:
+        """Preprocessed uint8 HWC images → meteor probabilities, one per image."""
+        if not images:
+            return np.zeros(0, dtype=np.float32)
+        out = self.session.run(None, {self.manifest.input_name: to_nchw(images)})[0]
+        if out.ndim != 2 or out.shape[1] != len(self.manifest.classes):
+            raise BundleError(
+                f"model output shape {out.shape} does not match classes {self.manifest.classes}"
+            )
+        return out[:, self.manifest.meteor_index].astype(np.float32)
+
+    def score(
+        self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None
+    ) -> float:
+        return float(self.score_inputs([self.preprocess(previous, current, mask)])[0])
+
+
+def open_scorer(bundle: str | Path | Bundle, threads: int = 1) -> Scorer:
+    """Load a bundle into onnxruntime; BundleError if the graph does not fit the manifest."""
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(bundle.model_path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise BundleError(f"{bundle.model_path}: onnxruntime cannot load it: {exc}") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != bundle.manifest.input_name:
+        raise BundleError(
+            f"model inputs {[i.name for i in inputs]} do not match manifest input "
+            f"{bundle.manifest.input_name!r}"
+        )
+    scorer = Scorer(bundle, session, Preprocessor(bundle.manifest.preprocessing))
+    # Smoke test: a blank pair must score, with the right output shape, to a probability.
+    blank = np.zeros((64, 64), np.uint8)
+    probability = scorer.score(blank, blank)
+    if not 0.0 <= probability <= 1.0 or np.isnan(probability):
+        raise BundleError(f"model smoke test returned {probability}, not a probability")
+    return scorer

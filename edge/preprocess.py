@@ -1,0 +1,214 @@
+"""THE preprocessing: one definition, imported by training and by the edge.
+
+A model bundle records the variant id and parameters it was trained with; the edge rebuilds the
+same `Preprocessor` from the manifest, so a frame is always scored exactly as the model saw its
+training images.
+
+Every variant takes two decoded grayscale frames of the same night (previous, current) as uint8
+arrays and returns a uint8 HWC image (C = 1 or 3) of the model's input size. Normalisation to the
+network's range is baked into the ONNX graph, so the edge feeds these pixels and nothing else.
+
+Variants
+--------
+``v4``  The 2021 reference: subtract previous (negative → 0), threshold at 3.5 grey levels to
+        0/255, resize to size×size with INTER_AREA (aspect stretched). One channel.
+``g1``  guaita's variant, built for cameras whose per-pixel noise (σ≈3, so σ≈4.2 in a
+        difference) makes a fixed 3.5 threshold pass ~20 % of pure-noise pixels:
+          c0  positive difference after a 3×3 box blur, in units of its own robust noise σ
+              (so faint streaks look the same on a noisy and a quiet camera), soft-thresholded
+              at ``k_sigma`` and area-resized;
+          c1  the same normalised difference max-pooled to the output size, so a streak one
+              pixel wide and a few grey levels bright survives the 5× downscale;
+          c2  the current frame itself, area-resized: context for clouds, moon and twilight,
+              which the 2021 author proposed giving the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+REFERENCE_THRESHOLD = 3.5  # grey levels, from Cecil & Campbell-Brown via the 2021 thesis
+
+
+class PreprocessError(ValueError):
+    """Frames that cannot be preprocessed (wrong dtype, empty, mismatched sizes)."""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Which variant and with which parameters; serialised into the model bundle."""
+
+    id: str = "g1"
+    size: int = 224
+    threshold: float = REFERENCE_THRESHOLD  # v4 only
+    k_sigma: float = 2.0  # g1: soft-threshold knee, in noise σ
+    gain: float = 24.0  # g1: grey levels per σ above the knee
+    blur: int = 3  # g1: box blur before differencing (odd, 1 = none)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return VARIANT_CHANNELS[self.id]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise PreprocessError(f"unknown preprocessing parameters: {sorted(unknown)}")
+        spec = cls(**data)
+        if spec.id not in VARIANT_CHANNELS:
+            raise PreprocessError(
+                f"unknown preprocessing id {spec.id!r}; known: {sorted(VARIANT_CHANNELS)}"
+            )
+        if spec.size < 16:
+            raise PreprocessError(f"preprocessing size must be >= 16, got {spec.size}")
+        if spec.blur < 1 or spec.blur % 2 == 0:
+            raise PreprocessError(f"preprocessing blur must be odd and >= 1, got {spec.blur}")
+        return spec
+
+    def fingerprint(self) -> str:
+        """Short stable hash: cache keys for preprocessed training images."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+VARIANT_CHANNELS = {"v4": 1, "g1": 3}
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """BGR/BGRA/gray uint8 → gray uint8 (OpenCV's luma weights, as the reference did)."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    raise PreprocessError(f"unsupported image shape {image.shape}")
+
+
+def decode_gray(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes → gray uint8; raises PreprocessError on a corrupt or partial file."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+    if image is None:
+        raise PreprocessError("image could not be decoded (corrupt or truncated)")
+    return image
+
+
+def read_gray(path: str) -> np.ndarray:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    # A JPEG that cp has not finished writing lacks its End Of Image marker; OpenCV would
+    # decode it with a grey bottom, so refuse it explicitly.
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise PreprocessError(f"{path}: truncated JPEG (no end-of-image marker)")
+    try:
+        return decode_gray(data)
+    except PreprocessError as exc:
+        raise PreprocessError(f"{path}: {exc}") from None
+
+
+def positive_difference(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """current − previous, saturating at 0 (what appeared in this frame), uint8."""
+    return cv2.subtract(current, previous)
+
+
+def robust_sigma(values: np.ndarray, step: int = 4) -> float:
+    """Noise σ from the median absolute deviation of a subsample (fast on a Pi)."""
+    sample = values[::step, ::step].astype(np.float32)
+    median = float(np.median(sample))
+    mad = float(np.median(np.abs(sample - median)))
+    return max(1.4826 * mad, 0.5)
+
+
+def _check_pair(previous: np.ndarray, current: np.ndarray) -> None:
+    for name, image in (("previous", previous), ("current", current)):
+        if image.dtype != np.uint8 or image.ndim != 2 or image.size == 0:
+            raise PreprocessError(f"{name} frame must be a non-empty 2-D uint8 array")
+    if previous.shape != current.shape:
+        raise PreprocessError(f"frame sizes differ: {previous.shape} vs {current.shape}")
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Zero the pixels where mask == 0 (overlay text, trees, hot pixels)."""
+    if mask is None:
+        return image
+    if mask.shape != image.shape:
+        mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return np.where(mask > 0, image, 0).astype(image.dtype)
+
+
+def _v4(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+    diff = apply_mask(positive_difference(previous, current), mask)
+    binary = np.where(diff > spec.threshold, 255, 0).astype(np.uint8)
+    small = cv2.resize(binary, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    return small[:, :, None]
+
+
+def _max_pool(image: np.ndarray, size: int) -> np.ndarray:
+    """Downscale by taking the max over each output cell (keeps thin faint lines)."""
+    h, w = image.shape
+    ys = np.linspace(0, h, size + 1).astype(int)
+    xs = np.linspace(0, w, size + 1).astype(int)
+    rows = np.maximum.reduceat(image, ys[:-1], axis=0)
+    return np.maximum.reduceat(rows, xs[:-1], axis=1)
+
+
+def _g1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+    if spec.blur > 1:
+        k = (spec.blur, spec.blur)
+        prev_s, cur_s = cv2.blur(previous, k), cv2.blur(current, k)
+    else:
+        prev_s, cur_s = previous, current
+    signed = cur_s.astype(np.int16) - prev_s.astype(np.int16)
+    signed = apply_mask(signed, mask)
+    # σ of the signed difference (symmetric around 0 where nothing changed).
+    sigma = robust_sigma(signed)
+    level = (signed.astype(np.float32) / sigma - spec.k_sigma) * spec.gain
+    norm = np.clip(level, 0, 255).astype(np.uint8)
+    size = (spec.size, spec.size)
+    c0 = cv2.resize(norm, size, interpolation=cv2.INTER_AREA)
+    c1 = _max_pool(cv2.medianBlur(norm, 3), spec.size)
+    c2 = cv2.resize(current, size, interpolation=cv2.INTER_AREA)
+    return np.dstack([c0, c1, c2])
+
+
+_VARIANTS = {"v4": _v4, "g1": _g1}
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Callable (previous, current[, mask]) → uint8 HWC model input."""
+
+    spec: PreprocessSpec
+
+    def __call__(
+        self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        previous, current = to_gray(previous), to_gray(current)
+        _check_pair(previous, current)
+        return _VARIANTS[self.spec.id](self.spec, previous, current, mask)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.spec.channels, self.spec.size, self.spec.size)
+
+
+def to_nchw(images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """uint8 HWC image(s) → float32 NCHW batch in 0..255, the ONNX input contract."""
+    batch = np.stack(images) if isinstance(images, list) else images
+    if batch.ndim == 3:
+        batch = batch[None]
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
