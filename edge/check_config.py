@@ -11,7 +11,9 @@ from edge.config import ConfigError, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config file (default: $GUAITA_CONFIG or /etc/guaita.toml)")
+    parser.add_argument(
+        "--config", help="config file (default: $GUAITA_CONFIG or /etc/guaita.toml)"
+    )
     parser.add_argument("--print", action="store_true", help="print the effective settings")
 
 

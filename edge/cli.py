@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 # name → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("edge.service", "run the detection daemon (watch AllSky, detect, publish)"),
+    "demo": ("edge.demo", "simulate a night and run it through the daemon (make demo)"),
     "scan": ("edge.scan", "score a night folder or a whole images tree in one batch"),
     "check-config": ("edge.check_config", "validate a guaita.toml and print the result"),
     "simulate": ("training.simulate", "write simulated AllSky nights with ground truth"),

@@ -102,11 +102,43 @@ class OutboxConfig:
 
 @dataclass(frozen=True)
 class SuppressionConfig:
+    """False-positive rules (edge/decide.py); docs/suppression.md explains each one."""
+
     enabled: bool = True
     persistence: bool = True  # satellites/aircraft that continue in the next/previous frame
     whole_frame_fraction: float = 0.25  # share of changed pixels above which a pair is a flash
     auto_mask: bool = True  # learn pixels that change in many frames (overlay, hot pixels)
     decision_timeout_s: float = 120.0  # give up waiting for the next frame after this
+    # streak geometry (full-frame pixels, noise σ)
+    analysis_width: int = 640  # the difference is area-downscaled to about this width
+    streak_k_sigma: float = 3.0
+    min_streak_px: float = 24.0  # shorter changes are stars, hot pixels, twinkling
+    # persistence: a segment continuing the candidate's line in the previous/next frame
+    link_angle_deg: float = 8.0
+    link_offset_px: float = 12.0
+    link_gap_frac: float = 3.0  # largest gap along the line, as a share of the longer segment
+    # Two-frame pair: a gap below this share of the longer piece is a satellite (its motion in
+    # the dead time between exposures); a wider one is a meteor split by that dead time.
+    satellite_gap_frac: float = 0.5
+    duplicates: bool = True  # a meteor split over two frames: keep the stronger
+    # A streak repeated beside itself in the frame before/after is no meteor: within this many
+    # pixels a fixed feature (Moon limb, lit edge; "masked"), within recur_cloud_px on a cloudy
+    # frame a drifting cloud edge ("cloud"). 0 = off.
+    recur_offset_px: float = 6.0
+    recur_cloud_px: float = 40.0
+    # aircraft: rows of evenly spaced strobe dots
+    aircraft_min_dots: int = 5
+    aircraft_single_frame: bool = True  # a dotted row alone is an aircraft too
+    # whole-frame changes
+    flash_k_sigma: float = 3.0
+    flash_keep_streak_px: float = 150.0  # a streak this long in a flash frame is kept (0 = off)
+    # masks
+    auto_mask_share: float = 0.25  # pixels changing in this share of frames are masked
+    auto_mask_warmup: int = 60  # frames before the learned mask applies
+    masked_fraction: float = 0.9  # a streak this much inside masked pixels is "masked"
+    # clouds
+    cloud: bool = True
+    cloudy_star_density: float = 8.0  # star pixels per 10,000 below which a frame is cloudy
 
 
 @dataclass(frozen=True)
@@ -120,9 +152,18 @@ class UpdatesConfig:
     aws_profile: str = ""
     endpoint_url: str = ""  # S3-compatible endpoint (tests, MinIO)
     region: str = "eu-west-1"
-    credentials_provider: str = ""  # AWS IoT credentials provider endpoint
+    # AWS IoT credentials provider (X.509 → temporary credentials): the account's
+    # credentials endpoint host and the role alias; uses the mqtt.tls client cert and key.
+    credentials_provider: str = ""
     role_alias: str = ""
-    max_bundle_mb: float = 200.0
+    max_bundle_mb: float = 200.0  # larger channel entries are refused before downloading
+    smoke_max_s: float = 10.0  # a new model scoring one frame slower than this is refused
+    # Rate guard: a new model detecting in more than guard_max_rate of its frames (after at
+    # least guard_min_frames) is rolled back; it is trusted after guard_window_frames frames.
+    guard_min_frames: int = 200
+    guard_max_rate: float = 0.2
+    guard_window_frames: int = 1500
+    trial_max_starts: int = 3  # daemon restarts tolerated while a new model is on trial
 
 
 @dataclass(frozen=True)
@@ -236,7 +277,7 @@ def _validate(cfg: Config) -> None:
         bad("detection.max_gap_s", "must be positive")
     for i, rect in enumerate(d.mask_rects):
         if len(rect) != 4 or rect[2] <= 0 or rect[3] <= 0:
-            bad(f"detection.mask_rects[{i}]", "must be [x, y, width, height] with width, height > 0")
+            bad(f"detection.mask_rects[{i}]", "must be [x, y, width, height], width and height > 0")
     if d.mask and not Path(d.mask).expanduser().is_file():
         bad("detection.mask", f"file not found: {d.mask}")
     n = cfg.night
@@ -270,11 +311,61 @@ def _validate(cfg: Config) -> None:
     s = cfg.suppression
     if not 0 < s.whole_frame_fraction <= 1:
         bad("suppression.whole_frame_fraction", "must be in (0, 1]")
+    if s.decision_timeout_s <= 0:
+        bad("suppression.decision_timeout_s", "must be positive")
+    if not 64 <= s.analysis_width <= 4096:
+        bad("suppression.analysis_width", f"must be 64..4096, got {s.analysis_width}")
+    for key in ("streak_k_sigma", "min_streak_px", "link_offset_px", "flash_k_sigma"):
+        if getattr(s, key) <= 0:
+            bad(f"suppression.{key}", "must be positive")
+    if not 0 < s.link_angle_deg <= 45:
+        bad("suppression.link_angle_deg", "must be in (0, 45]")
+    for key in ("link_gap_frac", "satellite_gap_frac"):
+        if not 0 < getattr(s, key) <= 10:
+            bad(f"suppression.{key}", "must be in (0, 10]")
+    if s.satellite_gap_frac > s.link_gap_frac:
+        bad("suppression.satellite_gap_frac", "must not exceed link_gap_frac")
+    if s.aircraft_min_dots < 3:
+        bad("suppression.aircraft_min_dots", "must be >= 3")
+    if s.recur_offset_px < 0 or s.recur_cloud_px < 0:
+        bad("suppression.recur_offset_px", "recur_offset_px and recur_cloud_px must be >= 0")
+    if s.flash_keep_streak_px < 0:
+        bad("suppression.flash_keep_streak_px", "must be >= 0 (0 = off)")
+    for key in ("auto_mask_share", "masked_fraction"):
+        if not 0 < getattr(s, key) <= 1:
+            bad(f"suppression.{key}", "must be in (0, 1]")
+    if s.auto_mask_warmup < 1:
+        bad("suppression.auto_mask_warmup", "must be >= 1")
+    if s.cloudy_star_density < 0:
+        bad("suppression.cloudy_star_density", "must be >= 0")
     u = cfg.updates
     if u.enabled and not u.bucket:
         bad("updates.bucket", "required when updates.enabled = true")
     if u.interval_min <= 0:
         bad("updates.interval_min", "must be positive")
+    if not u.prefix.strip("/") or not u.channel or "/" in u.channel:
+        bad("updates.channel" if u.prefix.strip("/") else "updates.prefix",
+            "must be non-empty (and the channel a single path segment)")
+    if u.enabled and not Path(u.public_key).expanduser().is_file():
+        bad("updates.public_key", f"file not found: {u.public_key}")
+    if bool(u.credentials_provider) != bool(u.role_alias):
+        bad("updates.role_alias" if u.credentials_provider else "updates.credentials_provider",
+            "credentials_provider and role_alias go together")
+    if u.credentials_provider and not (cfg.mqtt.tls.cert and cfg.mqtt.tls.key):
+        bad("updates.credentials_provider", "needs mqtt.tls.cert and mqtt.tls.key (the device "
+            "certificate)")
+    if u.max_bundle_mb <= 0:
+        bad("updates.max_bundle_mb", "must be positive")
+    if u.smoke_max_s <= 0:
+        bad("updates.smoke_max_s", "must be positive")
+    if not 0 < u.guard_max_rate <= 1:
+        bad("updates.guard_max_rate", "must be in (0, 1]")
+    if u.guard_min_frames < 1:
+        bad("updates.guard_min_frames", "must be >= 1")
+    if u.guard_window_frames < u.guard_min_frames:
+        bad("updates.guard_window_frames", "must be >= updates.guard_min_frames")
+    if u.trial_max_starts < 1:
+        bad("updates.trial_max_starts", "must be >= 1")
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:

@@ -44,6 +44,13 @@ def _is_type(value: Any, name: str) -> bool:
     return isinstance(value, _TYPES[name])
 
 
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    # JSON Schema (ECMA-262) "$" matches only at the very end; Python's "$" also matches
+    # before a final newline, which would let "pujalt\n" through as an observatory id.
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
+
+
 def _check(value: Any, schema: dict[str, Any], path: str) -> None:
     if "oneOf" in schema:
         errors = []
@@ -67,7 +74,7 @@ def _check(value: Any, schema: dict[str, Any], path: str) -> None:
     if isinstance(value, str):
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise EventError(f"{path}: longer than {schema['maxLength']} characters")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
             raise EventError(f"{path}: does not match {schema['pattern']}")
     if _is_type(value, "number"):
         if "minimum" in schema and value < schema["minimum"]:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 NIGHT_RE = re.compile(r"^(\d{8})$")
-FRAME_RE = re.compile(r"^image-(\d{14})\.(jpg|jpeg|png)$", re.IGNORECASE)
+FRAME_RE = re.compile(r"^image-(\d{14})\.(jpg|jpeg|png)$")  # AllSky writes lower case
 IGNORED_DIRS = {"thumbnails", "keogram", "startrails", "videos", "timelapse"}
 
 

@@ -180,7 +180,7 @@ def _g1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
     norm = np.clip(level, 0, 255).astype(np.uint8)
     size = (spec.size, spec.size)
     c0 = cv2.resize(norm, size, interpolation=cv2.INTER_AREA)
-    c1 = _max_pool(cv2.medianBlur(norm, 3), spec.size)
+    c1 = _max_pool(norm, spec.size)
     c2 = cv2.resize(current, size, interpolation=cv2.INTER_AREA)
     return np.dstack([c0, c1, c2])
 

@@ -1,0 +1,52 @@
+# guaita — two commands on a fresh machine: `make demo` (the main job) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint bench deb lambda model clean
+
+setup: $(STAMP)
+
+# System packages (Mosquitto for the broker tests, libsystemd-dev to build systemd-python, dpkg
+# tools for the .deb), then one venv with every extra: edge, train and dev.
+$(STAMP): pyproject.toml
+	bash deploy/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[edge,train,dev]'
+	touch $@
+
+# A simulated AllSky night played into a watched folder, through the daemon, with the shipped
+# model; prints the detections and a summary. No broker needed.
+demo: setup
+	$(BIN)/guaita demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check edge training cloud tests || true
+
+bench: setup
+	$(BIN)/python -m bench
+
+deb: setup
+	bash deploy/build_deb.sh --out dist
+
+# The ingest and daily-page Lambda package (cloud/ + the event schema, nothing else).
+lambda: setup
+	$(BIN)/python -m cloud.build_lambda --output build/lambda.zip
+
+# Retrain the shipped model (CPU here: ~40 min; a GPU box: minutes).
+model: setup
+	bash training/recipes/shipped_model.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo-out .pytest_cache .ruff_cache

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages the build and the tests need; installs only what is missing.
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev pkg-config)
+command -v dpkg-deb >/dev/null || need+=(dpkg-dev)
+command -v fakeroot >/dev/null || need+=(fakeroot)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # renders the daily page in a test
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+echo "installing Debian packages: ${need[*]}"
+sudo_cmd=""
+[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo_cmd apt-get update -qq || true
+$sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -1,0 +1,485 @@
+"""Candidate → decision: is a frame the model scored above threshold a meteor alert, or
+something we know is not (a satellite, an aircraft, a flash, cloud, the same meteor again,
+masked pixels)?
+
+Pure logic: `Observation`s in (capture order, one night stream), `Decision`s out, exactly one per
+observation, in the same order. A candidate is decided when the *next* frame arrives (a satellite
+continues there), so a candidate's decision is released one frame interval late; a non-candidate
+is released at once unless a candidate before it is still waiting. `flush()` releases what is
+pending at night end, `flush(now)` what has waited longer than ``decision_timeout_s``.
+
+The rules, their parameters and their limits are described in docs/suppression.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.config import SuppressionConfig
+from edge.frames import Frame
+from edge.masks import AutoMask, build_static_mask, combine_masks, star_visibility
+from edge.streaks import DiffAnalysis, Streak, StreakParams, relate
+
+__all__ = [
+    "REASONS",
+    "AutoMask",
+    "Decider",
+    "Decision",
+    "Observation",
+    "build_static_mask",
+]
+
+# The event schema's `suppressed` enum (edge/schemas/event.schema.json), in priority order.
+REASONS = ("flash", "masked", "aircraft", "satellite", "duplicate", "cloud")
+
+_HISTORY = 4  # entries kept: two before the one being decided (chains of 3) and the next one
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One scored frame: full-resolution grey current frame and positive difference (after the
+    static mask), the model's probability and the threshold in force."""
+
+    frame: Frame
+    current: np.ndarray
+    difference: np.ndarray
+    score: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        for name in ("current", "difference"):
+            image = getattr(self, name)
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2 \
+                    or image.size == 0:
+                raise ValueError(f"Observation.{name} must be a non-empty 2-D uint8 array")
+        if self.current.shape != self.difference.shape:
+            raise ValueError(f"Observation: current {self.current.shape} and difference "
+                             f"{self.difference.shape} differ in size")
+        if not (math.isfinite(self.score) and math.isfinite(self.threshold)):
+            raise ValueError("Observation: score and threshold must be finite numbers")
+
+    @property
+    def detected(self) -> bool:
+        return self.score >= self.threshold
+
+
+@dataclass
+class Decision:
+    """What became of one observation. `suppressed` is None for an alert (and for every frame
+    that was not a candidate); `streak` follows the event schema (full-frame pixels)."""
+
+    frame: Frame
+    score: float
+    threshold: float
+    detected: bool
+    suppressed: str | None
+    streak: dict[str, Any] | None
+    flags: list[str]
+    current: np.ndarray = field(repr=False)
+    difference: np.ndarray = field(repr=False)
+    streaks: list[Streak] = field(default_factory=list, repr=False)
+
+    @property
+    def alert(self) -> bool:
+        return self.detected and self.suppressed is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no images), e.g. for the scan JSONL."""
+        return {
+            "frame_id": self.frame.frame_id,
+            "image": self.frame.name,
+            "score": round(float(self.score), 6),
+            "threshold": round(float(self.threshold), 6),
+            "detected": self.detected,
+            "suppressed": self.suppressed,
+            "streak": self.streak,
+            "flags": list(self.flags),
+        }
+
+
+@dataclass(eq=False)
+class _Entry:
+    obs: Observation
+    arrived: float
+    analysis: DiffAnalysis
+    flash: bool
+    prev: _Entry | None = None  # the consecutive frame before, while still in the history
+    prev_links: dict[int, int] | None = None  # my streak index → prev's streak index
+    visibility: float | None = None
+
+    @property
+    def link_streaks(self) -> list[Streak]:
+        # A flash frame's residue (lit trees, cloud tops) must not pose as a continuation.
+        return [] if self.flash else self.analysis.streaks
+
+
+class Decider:
+    """Turns one night's observations into decisions; see the module docstring.
+
+    `auto_mask` (optional, read only: its owner updates and saves it) and `static_mask` (full
+    frame, 0 = ignore) make a streak lying inside masked pixels "masked". `clock` gives the
+    arrival time used by `flush(now)` (monotonic seconds).
+    """
+
+    def __init__(self, cfg: SuppressionConfig | None = None, interval_s: float = 30.0, *,
+                 auto_mask: AutoMask | None = None, static_mask: np.ndarray | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self.cfg = cfg or SuppressionConfig()
+        self.params = StreakParams(
+            analysis_width=self.cfg.analysis_width,
+            k_sigma=self.cfg.streak_k_sigma,
+            min_length_px=self.cfg.min_streak_px,
+            min_dots=self.cfg.aircraft_min_dots,
+        )
+        self.interval_s = interval_s
+        self.max_gap_s = 2.5 * interval_s  # a longer gap breaks persistence
+        self.auto_mask = auto_mask
+        self.static_mask = static_mask
+        self._clock = clock
+        self._history: deque[_Entry] = deque(maxlen=_HISTORY)
+        self._pending: _Entry | None = None
+        self._ref: tuple[float, float] | None = None  # running (median, spread) of quiet frames
+        self.counters: Counter[str] = Counter({k: 0 for k in (
+            "frames", "candidates", "alerts", "suppressed", "timeouts", *REASONS)})
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def pending(self) -> int:
+        return int(self._pending is not None)
+
+    def next_deadline(self) -> float | None:
+        """Clock time at which the pending candidate times out (None: nothing pending)."""
+        if self._pending is None:
+            return None
+        return self._pending.arrived + self.cfg.decision_timeout_s
+
+    def push(self, obs: Observation, now: float | None = None) -> list[Decision]:
+        """Take the next observation; return the decisions that are now final, in order."""
+        now = self._clock() if now is None else now
+        released: list[Decision] = []
+        entry = self._entry(obs, now)
+        last = self._history[-1] if self._history else None
+        if last is not None and not self._consecutive(last.obs.frame, obs.frame):
+            released += self._release_pending(None, "no_next_frame")
+            self._history.clear()
+            last = None
+        entry.prev = last
+        self._history.append(entry)
+        self._history[0].prev = None  # keep the chain as short as the history
+        released += self._release_pending(entry)
+        if obs.detected and self._waits():
+            self._pending = entry
+        else:
+            released.append(self._count(self._decide(entry, None)))
+        return released
+
+    def flush(self, now: float | None = None) -> list[Decision]:
+        """Release the pending candidate without its next frame: always when `now` is None
+        (night end, shutdown), else only once it has waited decision_timeout_s."""
+        if now is None:
+            released = self._release_pending(None, "no_next_frame")
+            self._history.clear()
+            return released
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return []
+        self.counters["timeouts"] += 1
+        return self._release_pending(None, "timeout")
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _waits(self) -> bool:
+        c = self.cfg
+        return c.enabled and (c.persistence or c.duplicates)
+
+    def _consecutive(self, previous: Frame, current: Frame) -> bool:
+        if previous.night != current.night:
+            return False
+        gap = (current.captured - previous.captured).total_seconds()
+        return 0 < gap <= self.max_gap_s
+
+    def _entry(self, obs: Observation, now: float) -> _Entry:
+        analysis = DiffAnalysis(obs.difference, self.params)
+        flash = False
+        if self.cfg.enabled:
+            ref = self._ref or (analysis.base, analysis.spread)
+            share = analysis.changed_fraction(ref[0], ref[1], self.cfg.flash_k_sigma)
+            flash = share > self.cfg.whole_frame_fraction
+            if not flash:  # follow slow changes (moonrise, noise) but not the flash itself
+                a = 0.2 if self._ref else 1.0
+                self._ref = (ref[0] + a * (analysis.base - ref[0]),
+                             ref[1] + a * (analysis.spread - ref[1]))
+        return _Entry(obs, now, analysis, flash)
+
+    def _release_pending(self, next_entry: _Entry | None, flag: str = "") -> list[Decision]:
+        if self._pending is None:
+            return []
+        entry, self._pending = self._pending, None
+        decision = self._decide(entry, next_entry)
+        if flag:
+            decision.flags.append(flag)
+        return [self._count(decision)]
+
+    def _count(self, decision: Decision) -> Decision:
+        self.counters["frames"] += 1
+        if decision.detected:
+            self.counters["candidates"] += 1
+            if decision.suppressed:
+                self.counters["suppressed"] += 1
+                self.counters[decision.suppressed] += 1
+            else:
+                self.counters["alerts"] += 1
+        return decision
+
+    # ------------------------------------------------------------------ the rules
+
+    def _decide(self, entry: _Entry, nxt: _Entry | None) -> Decision:
+        obs = entry.obs
+        flags: list[str] = ["whole_frame_change"] if entry.flash else []
+
+        def done(reason: str | None, streak: Streak | None, streaks: list[Streak]) -> Decision:
+            shape = obs.difference.shape
+            return Decision(obs.frame, obs.score, obs.threshold, obs.detected, reason,
+                            streak.to_event(shape) if streak else None, flags[:16],
+                            obs.current, obs.difference, streaks)
+
+        if not obs.detected or not self.cfg.enabled:
+            # Streaks only if already measured (a candidate's neighbour): no extra work.
+            known = entry.analysis.__dict__.get("_found", ([], []))[0]
+            return done(None, known[0] if known else None, known)
+
+        streaks = entry.analysis.streaks
+        if entry.flash:
+            keep = self.cfg.flash_keep_streak_px
+            if not (keep > 0 and any(s.length_px >= keep for s in streaks)):
+                return done("flash", streaks[0] if streaks else None, streaks)
+            flags.append("streak_in_flash")  # a fireball lights the sky: keep it
+
+        if not streaks:
+            flags.append("no_streak")
+            return done(self._diffuse_reason(entry, flags), None, streaks)
+
+        reasons = [self._explain(entry, i, nxt, flags) for i in range(len(streaks))]
+        open_ = [s for s, r in zip(streaks, reasons, strict=True) if r is None]
+        if not open_:
+            return done(reasons[0], streaks[0], streaks)
+        if self._cloud_fragments(entry, open_, flags):
+            return done("cloud", open_[0], streaks)
+        for reason in sorted({r for r in reasons if r}, key=REASONS.index):
+            flags.append(f"also_{reason}")  # e.g. a satellite elsewhere in a meteor's frame
+        return done(None, open_[0], streaks)
+
+    def _explain(self, entry: _Entry, i: int, nxt: _Entry | None, flags: list[str]) -> str | None:
+        """Why streak i of a candidate is not a meteor, or None."""
+        cfg = self.cfg
+        streak = entry.analysis.streaks[i]
+        if self._masked_share(entry.analysis, streak.pixels) >= cfg.masked_fraction:
+            return "masked"
+        if cfg.persistence or cfg.duplicates:
+            verdict = self._persistence(entry, i, nxt, flags)
+            if verdict is not None:
+                return verdict or None
+        recurring = self._recurring(entry, streak, nxt)
+        if recurring is not None:
+            flags.append("recurring")
+            return recurring
+        if cfg.aircraft_single_frame and streak.dotted:
+            flags.append("dotted")
+            return "aircraft"
+        return None
+
+    def _persistence(self, entry: _Entry, i: int, nxt: _Entry | None,
+                     flags: list[str]) -> str | None:
+        """"satellite"/"aircraft"/"duplicate"; "" for the kept half of a split meteor; None
+        when the streak does not continue in a neighbouring frame."""
+        cfg = self.cfg
+        streak = entry.analysis.streaks[i]
+        links = self._prev_links(entry)
+        p = links.get(i) if entry.prev is not None else None
+        q = self._next_link(entry, i, nxt)
+        back = self._chain_back(entry, i)
+        frames = back + (q is not None)
+        if frames < 2:
+            return None
+        partners = []
+        if p is not None and entry.prev is not None:
+            partners.append((entry.prev, entry.prev.link_streaks[p]))
+        if q is not None and nxt is not None:
+            partners.append((nxt, nxt.link_streaks[q]))
+        dotted = streak.dotted or any(s.dotted for _, s in partners)
+        moving = "aircraft" if dotted and cfg.aircraft_single_frame else "satellite"
+        if frames >= 3:
+            flags.append(f"persistent_{min(frames, 3)}_frames")
+            return moving if cfg.persistence else None
+        other_entry, other = partners[0]
+        rel = relate(streak, other)
+        if dotted or rel.gap_px <= cfg.satellite_gap_frac * max(streak.length_px,
+                                                                other.length_px):
+            flags.append("persistent_2_frames")
+            return moving if cfg.persistence else None
+        if not cfg.duplicates:
+            return None
+        # A wide gap: the same meteor on both sides of the dead time between exposures.
+        mine = (entry.obs.detected, entry.obs.score, streak.strength, -entry.arrived)
+        theirs = (other_entry.obs.detected, other_entry.obs.score, other.strength,
+                  -other_entry.arrived)
+        if mine >= theirs:
+            flags.append("split_meteor")
+            return ""
+        return "duplicate"
+
+    def _recurring(self, entry: _Entry, streak: Streak, nxt: _Entry | None) -> str | None:
+        """A streak seen again at (nearly) the same place in the frame before or after: the
+        Moon's limb, a lit edge, a cloud edge drifting sideways. A meteor never repeats.
+        "masked" when it barely moved (a fixed feature a mask should cover), "cloud" when it
+        drifted up to recur_cloud_px on a cloudy frame."""
+        cfg = self.cfg
+        if cfg.recur_offset_px <= 0:
+            return None
+        best = math.inf
+        for other_entry in (entry.prev, nxt if nxt is not None and nxt.prev is entry else None):
+            if other_entry is None:
+                continue
+            for other in other_entry.link_streaks:
+                shift = _side_shift(streak, other, cfg.link_angle_deg)
+                best = min(best, shift)
+        if best <= cfg.recur_offset_px:
+            return "masked"
+        if best <= cfg.recur_cloud_px and cfg.cloud and self._cloudy(entry, []):
+            return "cloud"
+        return None
+
+    def _prev_links(self, entry: _Entry) -> dict[int, int]:
+        if entry.prev_links is None:
+            prev = entry.prev
+            entry.prev_links = {} if prev is None else self._match(prev.link_streaks,
+                                                                   entry.link_streaks)
+        return entry.prev_links
+
+    def _next_link(self, entry: _Entry, i: int, nxt: _Entry | None) -> int | None:
+        if nxt is None or nxt.prev is not entry:
+            return None
+        for j, p in self._prev_links(nxt).items():
+            if p == i:
+                return j
+        return None
+
+    def _chain_back(self, entry: _Entry, i: int, limit: int = 3) -> int:
+        frames, e, idx = 1, entry, i
+        while frames < limit and e.prev is not None:
+            links = self._prev_links(e)
+            if idx not in links:
+                break
+            e, idx, frames = e.prev, links[idx], frames + 1
+        return frames
+
+    def _match(self, before: list[Streak], after: list[Streak]) -> dict[int, int]:
+        """For each streak after, the streak before that it continues (best fit), if any."""
+        cfg = self.cfg
+        out: dict[int, int] = {}
+        for j, b in enumerate(after):
+            best, best_cost = None, math.inf
+            for i, a in enumerate(before):
+                r = relate(a, b)
+                longer = max(a.length_px, b.length_px)
+                overlap_tol = 0.15 * min(a.length_px, b.length_px) + cfg.link_offset_px
+                if (r.angle_deg <= cfg.link_angle_deg
+                        and r.offset_px <= cfg.link_offset_px + 0.035 * max(r.gap_px, 0.0)
+                        and -overlap_tol <= r.gap_px <= cfg.link_gap_frac * longer
+                        + cfg.link_offset_px):
+                    cost = r.offset_px + r.angle_deg + abs(r.gap_px) / longer
+                    if cost < best_cost:
+                        best, best_cost = i, cost
+            if best is not None:
+                out[j] = best
+        return out
+
+    # ------------------------------------------------------------------ masks and clouds
+
+    def _mask_small(self, analysis: DiffAnalysis) -> np.ndarray | None:
+        shape = analysis.small.shape
+        auto = self.auto_mask.mask_for(shape) if self.auto_mask is not None else None
+        static = None
+        if self.static_mask is not None:
+            static = cv2.resize(self.static_mask, (shape[1], shape[0]),
+                                interpolation=cv2.INTER_NEAREST)
+        mask = combine_masks(auto, static)
+        if mask is None:
+            return None
+        # The difference is already zeroed inside the mask: what leaks is just beside it.
+        return cv2.erode(mask, np.ones((3, 3), np.uint8))
+
+    def _masked_share(self, analysis: DiffAnalysis,
+                      pixels: tuple[np.ndarray, np.ndarray]) -> float:
+        ys, xs = pixels
+        if len(ys) == 0:
+            return 0.0
+        mask = self._mask_small(analysis)
+        if mask is None:
+            return 0.0
+        ys = np.clip(ys, 0, mask.shape[0] - 1)
+        xs = np.clip(xs, 0, mask.shape[1] - 1)
+        return float(np.count_nonzero(mask[ys, xs] == 0)) / len(ys)
+
+    def _cloudy(self, entry: _Entry, flags: list[str]) -> bool:
+        if entry.visibility is None:
+            entry.visibility = star_visibility(entry.obs.current)
+        cloudy = entry.visibility < self.cfg.cloudy_star_density
+        if cloudy and "cloudy" not in flags:
+            flags.append("cloudy")
+        return cloudy
+
+    def _diffuse_reason(self, entry: _Entry, flags: list[str]) -> str | None:
+        """No streak: changes all inside masked pixels, or diffuse changes on a cloudy frame."""
+        blobs = entry.analysis.blobs
+        if not blobs:
+            return None
+        ys = np.concatenate([b.pixels[0] for b in blobs])
+        xs = np.concatenate([b.pixels[1] for b in blobs])
+        if self._masked_share(entry.analysis, (ys, xs)) >= self.cfg.masked_fraction:
+            return "masked"
+        if self.cfg.cloud and self._cloudy(entry, flags):
+            return "cloud"
+        return None
+
+    def _cloud_fragments(self, entry: _Entry, open_: list[Streak], flags: list[str]) -> bool:
+        """Unexplained streaks that are only short, weak pieces of a much larger diffuse change
+        on a cloudy frame. Never true for a clear line (long, or standing well out)."""
+        if not self.cfg.cloud:
+            return False
+        blobs = entry.analysis.blobs
+        diffuse = sum(len(b.pixels[0]) for b in blobs)
+        linear = sum(len(s.pixels[0]) for s in open_)
+        if not blobs or diffuse < 3 * max(linear, 1):
+            return False
+        short = 2 * self.cfg.min_streak_px
+        if any(s.length_px >= short or s.elongation >= 2 * self.params.min_elongation
+               for s in open_):
+            return False
+        return self._cloudy(entry, flags)
+
+
+def _side_shift(a: Streak, b: Streak, max_angle: float) -> float:
+    """Perpendicular distance between two near-parallel segments that overlap along their
+    length by at least half the shorter; inf otherwise."""
+    r = relate(a, b)
+    if r.angle_deg > max_angle or -r.gap_px < 0.5 * min(a.length_px, b.length_px):
+        return math.inf
+    ua = np.array([a.x2 - a.x1, a.y2 - a.y1]) / max(a.length_px, 1e-9)
+    ub = np.array([b.x2 - b.x1, b.y2 - b.y1]) / max(b.length_px, 1e-9)
+    ma = np.array([(a.x1 + a.x2) / 2, (a.y1 + a.y2) / 2])
+    mb = np.array([(b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2])
+    da = abs(float((mb - ma) @ np.array([-ua[1], ua[0]])))
+    db = abs(float((ma - mb) @ np.array([-ub[1], ub[0]])))
+    return max(da, db)

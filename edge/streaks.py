@@ -1,0 +1,614 @@
+"""Streak geometry in a difference image: line segments, dotted rows, and how two of them relate.
+
+Everything here is pure (arrays in, values out). The work is split so that the per-frame cost
+stays low on a Raspberry Pi 4:
+
+* every frame: one area downscale of the difference to about ``analysis_width`` pixels wide and a
+  robust noise estimate (``DiffAnalysis.__init__``), used by the flash gate and the auto mask;
+* candidate frames and their neighbours only: connected components of the noise-normalised
+  downscaled difference, a PCA line fit per component, endpoint refinement and the brightness
+  profile on the full-resolution difference (``DiffAnalysis.streaks``).
+
+Area downscaling keeps the signal-to-noise ratio of a one-pixel line (signal and noise both drop
+by the factor), so faint streaks survive it, while the image to label is 4–9× smaller.
+
+Coordinates in a `Streak` are full-frame pixels (x right, y down), endpoints ordered so that
+``x1 <= x2``; ``angle_deg`` is ``atan2(y2 - y1, x2 - x1)`` in (-90, 90].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import cv2
+import numpy as np
+
+_KERNEL3 = np.ones((3, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class StreakParams:
+    """Detection parameters, in full-frame pixels and noise σ (see docs/suppression.md)."""
+
+    analysis_width: int = 640  # downscale the difference to about this width
+    k_sigma: float = 3.0  # pixel threshold, in σ of the downscaled difference
+    seed_k_sigma: float = 5.0  # a component must peak at least this high
+    min_length_px: float = 24.0  # shorter blobs are stars, hot pixels, twinkling
+    min_elongation: float = 4.0  # length / width of a line-like streak
+    max_streaks: int = 8  # keep the strongest few per frame
+    max_components: int = 60  # large components examined per frame (cloudy frames have many)
+    dot_k_sigma: float = 5.0  # isolated dots (aircraft strobes) must peak this high
+    min_dots: int = 5  # a dotted row needs this many regularly spaced dots
+    max_dot_spacing_px: float = 30.0
+    tile: int = 32  # local noise is measured in tiles of this many downscaled pixels
+    edge_k_sigma: float = 3.0  # endpoint refinement level on the full-resolution profile
+
+    def __post_init__(self) -> None:
+        if self.analysis_width < 32:
+            raise ValueError(f"analysis_width must be >= 32, got {self.analysis_width}")
+        if self.min_dots < 3:
+            raise ValueError(f"min_dots must be >= 3, got {self.min_dots}")
+        for name in ("k_sigma", "seed_k_sigma", "min_length_px", "min_elongation",
+                     "dot_k_sigma", "max_dot_spacing_px", "edge_k_sigma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A line segment (or a row of dots) in one difference image, full-frame pixels."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    width_px: float
+    peak: float  # brightest value along it in the difference, grey levels
+    kind: str = "line"  # "line" or "dotted"
+    dots: int = 0  # periodic peaks or dots found along it
+    period_px: float = 0.0  # their median spacing
+    flatness: float = 0.0  # 1 = evenly bright along its length, 0 = unknown (see _flatness)
+    # Downscaled pixels that make it up (for mask tests); not part of its identity.
+    pixels: tuple[np.ndarray, np.ndarray] = field(
+        default=(np.zeros(0, np.int32), np.zeros(0, np.int32)), compare=False, repr=False
+    )
+
+    @property
+    def length_px(self) -> float:
+        return math.hypot(self.x2 - self.x1, self.y2 - self.y1)
+
+    @property
+    def angle_deg(self) -> float:
+        return math.degrees(math.atan2(self.y2 - self.y1, self.x2 - self.x1))
+
+    @property
+    def elongation(self) -> float:
+        return self.length_px / max(self.width_px, 1.0)
+
+    @property
+    def strength(self) -> float:
+        return self.length_px * max(self.peak, 1.0)
+
+    @property
+    def dotted(self) -> bool:
+        return self.kind == "dotted"
+
+    def bbox(self, shape: tuple[int, int] | None = None) -> list[float]:
+        """[x, y, w, h] around the segment, padded by half its width, clipped to `shape`."""
+        pad = self.width_px / 2
+        x0, x1 = min(self.x1, self.x2) - pad, max(self.x1, self.x2) + pad
+        y0, y1 = min(self.y1, self.y2) - pad, max(self.y1, self.y2) + pad
+        if shape is not None:
+            x0, y0 = max(x0, 0.0), max(y0, 0.0)
+            x1, y1 = min(x1, shape[1] - 1.0), min(y1, shape[0] - 1.0)
+        return [round(float(v), 1) for v in (x0, y0, x1 - x0, y1 - y0)]
+
+    def to_event(self, shape: tuple[int, int] | None = None) -> dict[str, float | list[float]]:
+        """The event schema's ``streak`` object (exactly its keys)."""
+        return {
+            "x1": round(float(self.x1), 1), "y1": round(float(self.y1), 1),
+            "x2": round(float(self.x2), 1), "y2": round(float(self.y2), 1),
+            "length_px": round(self.length_px, 1),
+            "angle_deg": round(self.angle_deg, 2),
+            "bbox": self.bbox(shape),
+            "peak": round(float(self.peak), 1),
+        }
+
+
+def _ordered(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
+    if (x2, y2) < (x1, y1):
+        return x2, y2, x1, y1
+    return x1, y1, x2, y2
+
+
+# ------------------------------------------------------------------ relations between segments
+
+
+@dataclass(frozen=True)
+class Relation:
+    """How segment b sits relative to segment a."""
+
+    angle_deg: float  # 0..90, undirected
+    gap_px: float  # along their common axis: > 0 apart, < 0 overlapping
+    offset_px: float  # perpendicular distance between the lines at the junction
+    length_ratio: float  # longer / shorter
+
+
+def relate(a: Streak, b: Streak) -> Relation:
+    ua = np.array([a.x2 - a.x1, a.y2 - a.y1], float)
+    ub = np.array([b.x2 - b.x1, b.y2 - b.y1], float)
+    la, lb = float(np.hypot(*ua)), float(np.hypot(*ub))
+    ua = ua / la if la > 0 else np.array([1.0, 0.0])
+    ub = ub / lb if lb > 0 else ua
+    if float(ua @ ub) < 0:
+        ub = -ub
+    angle = math.degrees(math.acos(min(1.0, abs(float(ua @ ub)))))
+    axis = ua + ub
+    axis /= np.hypot(*axis)
+    pa = np.array([[a.x1, a.y1], [a.x2, a.y2]])
+    pb = np.array([[b.x1, b.y1], [b.x2, b.y2]])
+    ta, tb = np.sort(pa @ axis), np.sort(pb @ axis)
+    gap = float(max(tb[0] - ta[1], ta[0] - tb[1]))
+    # Perpendicular distance, measured at the ends that face each other.
+    if tb[0] - ta[1] >= ta[0] - tb[1]:  # b after a along the axis
+        ea, eb = pa[np.argmax(pa @ axis)], pb[np.argmin(pb @ axis)]
+    else:
+        ea, eb = pa[np.argmin(pa @ axis)], pb[np.argmax(pb @ axis)]
+    na = np.array([-ua[1], ua[0]])
+    nb = np.array([-ub[1], ub[0]])
+    offset = max(abs(float((eb - pa[0]) @ na)), abs(float((ea - pb[0]) @ nb)))
+    ratio = max(la, lb) / max(min(la, lb), 1e-6)
+    return Relation(angle, gap, offset, ratio)
+
+
+def merge(a: Streak, b: Streak) -> Streak:
+    """One segment spanning both (collinear fragments of the same streak)."""
+    pts = np.array([[a.x1, a.y1], [a.x2, a.y2], [b.x1, b.y1], [b.x2, b.y2]], float)
+    u = np.array([a.x2 - a.x1, a.y2 - a.y1], float) * a.length_px
+    v = np.array([b.x2 - b.x1, b.y2 - b.y1], float) * b.length_px
+    if float(u @ v) < 0:
+        v = -v
+    d = u + v
+    d = d / max(float(np.hypot(*d)), 1e-9)
+    t = pts @ d
+    p, q = pts[np.argmin(t)], pts[np.argmax(t)]
+    ys = np.concatenate([a.pixels[0], b.pixels[0]])
+    xs = np.concatenate([a.pixels[1], b.pixels[1]])
+    kind = "dotted" if (a.dotted or b.dotted) else "line"
+    return Streak(*_ordered(p[0], p[1], q[0], q[1]), width_px=max(a.width_px, b.width_px),
+                  peak=max(a.peak, b.peak), kind=kind, dots=a.dots + b.dots,
+                  period_px=max(a.period_px, b.period_px), pixels=(ys, xs))
+
+
+# ------------------------------------------------------------------ per-frame analysis
+
+
+def _spread(values: np.ndarray) -> tuple[float, float]:
+    """(median, q84 − median): a noise scale that also works on a difference clipped at 0."""
+    q50, q84 = np.percentile(values, (50, 84))
+    return float(q50), float(q84 - q50)
+
+
+def _pca(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Centre, unit direction, variance along and across."""
+    c = np.array([xs.mean(), ys.mean()])
+    dx, dy = xs - c[0], ys - c[1]
+    cxx, cyy, cxy = float(dx @ dx) / len(xs), float(dy @ dy) / len(xs), float(dx @ dy) / len(xs)
+    theta = 0.5 * math.atan2(2 * cxy, cxx - cyy)
+    half = (cxx + cyy) / 2
+    root = math.sqrt(((cxx - cyy) / 2) ** 2 + cxy**2)
+    return c, np.array([math.cos(theta), math.sin(theta)]), half + root, max(half - root, 0.0)
+
+
+def regular_spacing(positions: np.ndarray, tolerance: float = 0.25) -> float:
+    """Median spacing if sorted positions are evenly spaced (gaps of whole periods allowed),
+    else 0."""
+    gaps = np.diff(np.sort(positions))
+    if len(gaps) < 2:
+        return 0.0
+    base = float(np.median(gaps))
+    if base <= 0:
+        return 0.0
+    ratio = gaps / base
+    whole = np.round(ratio)
+    if np.any(whole < 1) or np.any(np.abs(ratio - whole) > tolerance):
+        return 0.0
+    if np.count_nonzero(whole == 1) < 0.6 * len(gaps):
+        return 0.0
+    return base
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A large changed region that is not line-like (cloud edge, moon glow, overlay text)."""
+
+    pixels: tuple[np.ndarray, np.ndarray]  # downscaled (ys, xs)
+    elongation: float
+
+
+class DiffAnalysis:
+    """One positive difference image, downscaled and noise-normalised; streaks on demand."""
+
+    def __init__(self, difference: np.ndarray, params: StreakParams | None = None) -> None:
+        if difference.dtype != np.uint8 or difference.ndim != 2 or difference.size == 0:
+            raise ValueError("difference must be a non-empty 2-D uint8 array")
+        self.params = params or StreakParams()
+        self.difference = difference
+        h, w = difference.shape
+        self.factor = max(1, round(w / self.params.analysis_width))
+        sw, sh = max(1, w // self.factor), max(1, h // self.factor)
+        self.scale = (w / sw, h / sh)  # full pixels per downscaled pixel, x and y
+        if self.factor == 1:
+            self.small = difference.astype(np.float32)
+        else:
+            self.small = cv2.resize(difference, (sw, sh), interpolation=cv2.INTER_AREA).astype(
+                np.float32)
+        step = 2 if self.small.size > 40_000 else 1
+        self.base, spread = _spread(self.small[::step, ::step])
+        self.spread = max(spread, 0.25)
+
+    # -- cheap, every frame
+
+    def changed_fraction(self, base: float, spread: float, k: float) -> float:
+        """Share of downscaled pixels brighter than base + k·spread."""
+        return float(np.count_nonzero(self.small > base + k * spread)) / self.small.size
+
+    @cached_property
+    def norm(self) -> np.ndarray:
+        """The downscaled difference in units of its *local* noise: shot noise is several times
+        higher near the Moon, in twilight or under lit cloud than in a dark sky, so one global
+        σ would either miss faint streaks in the dark or find noise everywhere near the Moon."""
+        small, t = self.small, self.params.tile
+        h, w = small.shape
+        ny, nx = max(1, h // t), max(1, w // t)
+        th, tw = h // ny, w // nx
+        tiles = small[: ny * th, : nx * tw].reshape(ny, th, nx, tw)[:, ::2, :, ::2]
+        values = tiles.transpose(0, 2, 1, 3).reshape(ny, nx, -1)
+        q50, q84 = np.percentile(values, (50, 84), axis=2)
+        spread = np.maximum(q84 - q50, max(0.7 * self.spread, 0.25)).astype(np.float32)
+        size = (w, h)
+        base = cv2.resize(q50.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+        spread = cv2.resize(spread, size, interpolation=cv2.INTER_LINEAR)
+        self._spread_map = spread
+        return (small - base) / spread
+
+    def _noise_scale(self, x: float, y: float) -> float:
+        """Local noise at full-frame (x, y) relative to the frame's typical noise."""
+        spread = getattr(self, "_spread_map", None)
+        if spread is None:
+            return 1.0
+        xi = min(max(int(x / self.scale[0]), 0), spread.shape[1] - 1)
+        yi = min(max(int(y / self.scale[1]), 0), spread.shape[0] - 1)
+        return max(1.0, float(spread[yi, xi]) / self.spread)
+
+    def to_full(self, x: float, y: float) -> tuple[float, float]:
+        return (x + 0.5) * self.scale[0] - 0.5, (y + 0.5) * self.scale[1] - 0.5
+
+    # -- on demand
+
+    @cached_property
+    def full_noise(self) -> tuple[float, float]:
+        """(median, σ) of the full-resolution difference, from a subsample."""
+        base, spread = _spread(self.difference[::4, ::4])
+        return base, max(spread, 1.0)
+
+    @cached_property
+    def _found(self) -> tuple[list[Streak], list[Blob]]:
+        lines, blobs = self._components()
+        lines = _merge_fragments(lines + self._dot_rows(), self.factor)
+        lines = [s for s in lines if s.length_px >= self.params.min_length_px]
+        lines.sort(key=lambda s: s.strength, reverse=True)
+        return lines[: self.params.max_streaks], blobs
+
+    @property
+    def streaks(self) -> list[Streak]:
+        """Line-like streaks and dotted rows, strongest first."""
+        return self._found[0]
+
+    @property
+    def blobs(self) -> list[Blob]:
+        """Significant changed regions that are not line-like."""
+        return self._found[1]
+
+    def _components(self) -> tuple[list[Streak], list[Blob]]:
+        p = self.params
+        binary = (self.norm >= p.k_sigma).astype(np.uint8)
+        grown = cv2.dilate(binary, _KERNEL3)  # bridge one-pixel breaks in faint streaks
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+        min_len = p.min_length_px / self.factor
+        extent = np.hypot(stats[1:, 2] - 2, stats[1:, 3] - 2)
+        # Half-length pieces too: a faint streak breaks into collinear fragments, merged below.
+        big = np.nonzero(extent >= min_len / 2)[0] + 1
+        big = big[np.argsort(-stats[big, cv2.CC_STAT_AREA])][: p.max_components]
+        lines: list[Streak] = []
+        blobs: list[Blob] = []
+        for i in big:
+            x, y, w, h = stats[i, :4]
+            crop = (labels[y:y + h, x:x + w] == i) & (binary[y:y + h, x:x + w] > 0)
+            ys, xs = np.nonzero(crop)
+            if len(xs) < 3 or self.norm[y:y + h, x:x + w][crop].max() < p.seed_k_sigma:
+                continue
+            ys, xs = ys + y, xs + x
+            streak = self._fit_line(xs, ys)
+            if streak is not None:
+                lines.append(streak)
+            elif extent[i - 1] >= min_len:
+                if extent[i - 1] >= 2 * min_len:
+                    lines += self._hough_lines(xs, ys, x, y, w, h)
+                _, _, l1, l2 = _pca(xs.astype(float), ys.astype(float))
+                blobs.append(Blob((ys, xs), math.sqrt(l1 / max(l2, 1 / 12))))
+        return lines, blobs
+
+    def _fit_line(self, xs: np.ndarray, ys: np.ndarray) -> Streak | None:
+        """A Streak if these downscaled pixels form a line (or a piece of one), else None."""
+        p = self.params
+        c, d, _, across = _pca(xs.astype(float), ys.astype(float))
+        t = (xs - c[0]) * d[0] + (ys - c[1]) * d[1]
+        length = float(t.max() - t.min())
+        width = max(1.0, math.sqrt(12 * across))
+        if length * self.factor < p.min_length_px / 2 or (length + 1) / width < p.min_elongation:
+            return None
+        a, b = c + t.min() * d, c + t.max() * d
+        return self._build(a, b, width * self.factor, (ys, xs))
+
+    def _hough_lines(self, xs, ys, x0, y0, w, h) -> list[Streak]:
+        """Straight lines inside a non-linear blob (a streak crossing another streak or a
+        cloud edge): segments with full support along them and empty bands beside them."""
+        p = self.params
+        crop = np.zeros((h, w), np.uint8)
+        crop[ys - y0, xs - x0] = 255
+        min_len = max(p.min_length_px / self.factor, 8)
+        segs = cv2.HoughLinesP(crop, 1, np.pi / 180, int(min_len), minLineLength=min_len,
+                               maxLineGap=2)
+        out: list[Streak] = []
+        if segs is None:
+            return out
+        taken = np.zeros_like(crop, bool)
+        segs = segs.reshape(-1, 4).astype(float)  # OpenCV 4 gives (N, 1, 4), 5 gives (N, 4)
+        for sx1, sy1, sx2, sy2 in sorted(segs, key=lambda s: -math.hypot(
+                s[2] - s[0], s[3] - s[1]))[:6]:
+            length = math.hypot(sx2 - sx1, sy2 - sy1)
+            n = max(int(length), 2)
+            tx = np.linspace(sx1, sx2, n)
+            ty = np.linspace(sy1, sy2, n)
+            nx, ny = -(sy2 - sy1) / length, (sx2 - sx1) / length
+
+            def occupancy(off: float, tx=tx, ty=ty, nx=nx, ny=ny) -> float:
+                cx = np.clip(np.round(tx + off * nx).astype(int), 0, w - 1)
+                cy = np.clip(np.round(ty + off * ny).astype(int), 0, h - 1)
+                return float(np.mean(crop[cy, cx] > 0))
+
+            on = max(occupancy(0), occupancy(-0.7), occupancy(0.7))
+            side = max(occupancy(-3.5), occupancy(3.5))
+            cx = np.clip(np.round(tx).astype(int), 0, w - 1)
+            cy = np.clip(np.round(ty).astype(int), 0, h - 1)
+            if on < 0.8 or side > 0.3 or taken[cy, cx].mean() > 0.5:
+                continue
+            taken[cy, cx] = True
+            a = np.array([sx1 + x0, sy1 + y0], float)
+            b = np.array([sx2 + x0, sy2 + y0], float)
+            near = np.abs((xs - a[0]) * nx + (ys - a[1]) * ny) <= 1.5
+            out.append(self._build(a, b, float(self.factor), (ys[near], xs[near])))
+        return out
+
+    def _build(self, a: np.ndarray, b: np.ndarray, width: float,
+               pixels: tuple[np.ndarray, np.ndarray]) -> Streak:
+        """Downscaled endpoints → full-frame Streak, refined on the full-resolution profile."""
+        x1, y1 = self.to_full(*a)
+        x2, y2 = self.to_full(*b)
+        x1, y1, x2, y2, peak, dots, period, flat = self._refine(x1, y1, x2, y2)
+        kind = "dotted" if dots else "line"
+        return Streak(*_ordered(x1, y1, x2, y2), width_px=width, peak=peak, kind=kind,
+                      dots=dots, period_px=period, flatness=flat, pixels=pixels)
+
+    def _profile(self, x1, y1, ux, uy, t0, t1, half) -> tuple[np.ndarray, np.ndarray]:
+        """Max of the full-resolution difference across ±half pixels, every pixel along."""
+        diff = self.difference
+        ts = np.arange(t0, t1 + 0.5, 1.0)
+        offs = np.arange(-half, half + 1, dtype=float)
+        px = x1 + ts[:, None] * ux - offs[None, :] * uy
+        py = y1 + ts[:, None] * uy + offs[None, :] * ux
+        xi, yi = np.round(px).astype(int), np.round(py).astype(int)
+        inside = (xi >= 0) & (yi >= 0) & (xi < diff.shape[1]) & (yi < diff.shape[0])
+        vals = np.where(inside, diff[np.clip(yi, 0, diff.shape[0] - 1),
+                                     np.clip(xi, 0, diff.shape[1] - 1)], 0)
+        return ts, vals.max(axis=1).astype(np.float32)
+
+    def _refine(self, x1, y1, x2, y2):
+        """Endpoints where the full-resolution profile falls to half its typical level, the
+        peak, and periodic peaks along it (aircraft strobes on a steady light)."""
+        length = math.hypot(x2 - x1, y2 - y1)
+        if length < 1:
+            return x1, y1, x2, y2, 0.0, 0, 0.0, 0.0
+        ux, uy = (x2 - x1) / length, (y2 - y1) / length
+        f = self.factor
+        margin, half = 3 * f + 4, f + 1
+        ts, prof = self._profile(x1, y1, ux, uy, -margin, length + margin, half)
+        base, sigma = self.full_noise
+        sigma *= self._noise_scale((x1 + x2) / 2, (y1 + y2) / 2)
+        inner = (ts >= 0) & (ts <= length)
+        typical = float(np.median(prof[inner])) if inner.any() else 0.0
+        level = max(base + self.params.edge_k_sigma * sigma, base + 0.5 * (typical - base))
+        smooth = np.convolve(prof, np.ones(3) / 3, mode="same")
+        above = np.nonzero(smooth >= level)[0]
+        t_lo, t_hi = 0.0, length
+        if len(above):
+            allow = 2 * f + 2
+            runs = np.split(above, np.nonzero(np.diff(above) > allow)[0] + 1)
+            keep = [r for r in runs if ts[r[-1]] >= 0 and ts[r[0]] <= length]
+            if keep:
+                lo, hi = float(ts[keep[0][0]]), float(ts[keep[-1][-1]])
+                if hi - lo >= 0.5 * length:
+                    t_lo, t_hi = lo, hi
+        seg = (ts >= t_lo) & (ts <= t_hi)
+        peak = float(prof[seg].max()) if seg.any() else 0.0
+        dots, period = self._periodic(ts[seg], prof[seg], base, sigma)
+        flat = self._flatness(x1, y1, ux, uy, t_lo, t_hi, half, base, sigma)
+        return (x1 + t_lo * ux, y1 + t_lo * uy, x1 + t_hi * ux, y1 + t_hi * uy, peak, dots,
+                period, flat)
+
+    def _flatness(self, x1, y1, ux, uy, t_lo, t_hi, half, base, sigma) -> float:
+        """How evenly bright the trail is: 20th / 80th percentile of its light per pixel of
+        length (summed across it, smoothed), 1 = perfectly even (a satellite), lower for a
+        meteor's rise and fade; 0 when too faint or short to tell."""
+        length = t_hi - t_lo
+        if length < 20:
+            return 0.0
+        diff = self.difference
+        ts = np.arange(t_lo + 0.05 * length, t_hi - 0.05 * length + 0.5, 1.0)
+        offs = np.arange(-half, half + 1, dtype=float)
+        px = np.round(x1 + ts[:, None] * ux - offs[None, :] * uy).astype(int)
+        py = np.round(y1 + ts[:, None] * uy + offs[None, :] * ux).astype(int)
+        ok = (px >= 0) & (py >= 0) & (px < diff.shape[1]) & (py < diff.shape[0])
+        vals = np.where(ok, diff[np.clip(py, 0, diff.shape[0] - 1),
+                                 np.clip(px, 0, diff.shape[1] - 1)], base)
+        density = vals.sum(axis=1) - base * len(offs)
+        w = max(5, int(length / 10))
+        smooth = np.convolve(density, np.ones(w) / w, mode="valid")
+        if len(smooth) < 4:
+            return 0.0
+        q20, q80 = np.percentile(smooth, (20, 80))
+        noise = sigma * math.sqrt(len(offs) / w)
+        if q80 < 8 * noise:  # too faint for its shape to mean anything
+            return 0.0
+        return float(max(q20, 0.0) / q80)
+
+    def _periodic(self, ts, prof, base, sigma) -> tuple[int, float]:
+        """Count of regularly spaced, deeply modulated peaks (strobes), 0 if not periodic."""
+        p = self.params
+        if len(prof) < 5:
+            return 0, 0.0
+        level = base + p.dot_k_sigma * sigma
+        local = (prof[1:-1] >= prof[:-2]) & (prof[1:-1] > prof[2:]) & (prof[1:-1] >= level)
+        idx = np.nonzero(local)[0] + 1
+        if len(idx) < p.min_dots:
+            return 0, 0.0
+        # Keep peaks separated from the previous kept one by a trough below half their height.
+        kept = [idx[0]]
+        for i in idx[1:]:
+            j = kept[-1]
+            trough = float(prof[j:i + 1].min()) - base
+            if trough <= 0.5 * (min(prof[i], prof[j]) - base):
+                kept.append(i)
+            elif prof[i] > prof[j]:
+                kept[-1] = i
+        if len(kept) < p.min_dots:
+            return 0, 0.0
+        pos = ts[np.array(kept)]
+        if pos[-1] - pos[0] < 0.5 * (ts[-1] - ts[0]):
+            return 0, 0.0
+        period = regular_spacing(pos)
+        return (len(kept), period) if period > 0 else (0, 0.0)
+
+    def _peak_near(self, x: float, y: float) -> float:
+        r = self.factor + 1
+        h, w = self.difference.shape
+        xi, yi = round(x), round(y)
+        win = self.difference[max(yi - r, 0):min(yi + r + 1, h), max(xi - r, 0):min(xi + r + 1, w)]
+        return float(win.max()) if win.size else 0.0
+
+    def _dot_rows(self) -> list[Streak]:
+        """Rows of isolated, evenly spaced bright dots: strobes without a visible steady light."""
+        p = self.params
+        binary = (self.norm >= p.dot_k_sigma).astype(np.uint8)
+        n, _, stats, cents = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        if n - 1 < max(p.min_dots, 6):
+            return []
+        small = np.hypot(stats[1:, 2], stats[1:, 3]) < p.min_length_px / self.factor
+        cents = cents[1:][small]
+        if len(cents) < p.min_dots:
+            return []
+        if len(cents) > 400:  # keep the largest: strobes are bright
+            order = np.argsort(-stats[1:, cv2.CC_STAT_AREA][small])[:400]
+            cents = cents[order]
+        pts = np.array([self.to_full(x, y) for x, y in cents])
+        dist = np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1])
+        tol = self.factor + 1.0
+        min_gap = 2.0 * self.factor
+        need = max(p.min_dots, 6)  # isolated dots line up by chance more easily than peaks
+        used = np.zeros(len(pts), bool)
+        rows: list[Streak] = []
+        for i in range(len(pts)):
+            if used[i]:
+                continue
+            near = np.nonzero((dist[i] >= min_gap) & (dist[i] <= p.max_dot_spacing_px)
+                              & ~used)[0]
+            for j in near:
+                u = (pts[j] - pts[i]) / dist[i, j]
+                rel = pts - pts[i]
+                t = rel @ u
+                inl = np.nonzero((np.abs(rel @ np.array([-u[1], u[0]])) <= tol) & ~used)[0]
+                inl = inl[np.argsort(t[inl])]
+                chain = _chain(t[inl], i_pos=float(t[i]), max_gap=p.max_dot_spacing_px,
+                               min_gap=min_gap)
+                members = inl[chain]
+                if len(members) < need:
+                    continue
+                peaks = [self._peak_near(x, y) for x, y in pts[members]]
+                if max(peaks) > 3 * max(min(peaks), 1.0):  # strobes flash alike
+                    continue
+                period = regular_spacing(t[members])
+                if period <= 0:
+                    continue
+                c, d, _, _ = _pca(pts[members, 0], pts[members, 1])
+                tt = (pts[members] - c) @ d
+                a, b = c + tt.min() * d, c + tt.max() * d
+                used[members] = True
+                peak = max(peaks)
+                ys = np.round(cents[members, 1]).astype(np.int32)
+                xs = np.round(cents[members, 0]).astype(np.int32)
+                rows.append(Streak(*_ordered(a[0], a[1], b[0], b[1]),
+                                   width_px=float(self.factor), peak=peak, kind="dotted",
+                                   dots=len(members), period_px=period, pixels=(ys, xs)))
+                break
+        return rows
+
+
+def _chain(t: np.ndarray, i_pos: float, max_gap: float, min_gap: float) -> np.ndarray:
+    """Indices (into sorted t) of the run containing i_pos whose steps are min_gap..max_gap."""
+    if len(t) == 0:
+        return np.zeros(0, int)
+    start = int(np.argmin(np.abs(t - i_pos)))
+    members = [start]
+    last = t[start]
+    for k in range(start + 1, len(t)):
+        step = t[k] - last
+        if step < min_gap:
+            continue  # a double detection of the same dot
+        if step > max_gap:
+            break
+        members.append(k)
+        last = t[k]
+    last = t[start]
+    for k in range(start - 1, -1, -1):
+        step = last - t[k]
+        if step < min_gap:
+            continue
+        if step > max_gap:
+            break
+        members.insert(0, k)
+        last = t[k]
+    return np.array(members, int)
+
+
+def _merge_fragments(lines: list[Streak], factor: int) -> list[Streak]:
+    """Join collinear pieces of one streak broken by noise, a mask or a star."""
+    lines = list(lines)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(lines)):
+            for j in range(i + 1, len(lines)):
+                a, b = lines[i], lines[j]
+                r = relate(a, b)
+                if (r.angle_deg <= 4.0 and r.offset_px <= 2 * factor + 2
+                        and r.gap_px <= 0.3 * (a.length_px + b.length_px)):
+                    lines[i] = merge(a, b)
+                    del lines[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return lines

@@ -1,0 +1,141 @@
+"""Preprocessing pinned on small known images (values worked out by hand, not by the code)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.preprocess import (
+    PreprocessError,
+    Preprocessor,
+    PreprocessSpec,
+    decode_gray,
+    positive_difference,
+    read_gray,
+    robust_sigma,
+    to_nchw,
+)
+
+
+def test_positive_difference_saturates_at_zero():
+    prev = np.array([[50, 10, 0]], np.uint8)
+    cur = np.array([[10, 30, 255]], np.uint8)
+    assert positive_difference(prev, cur).tolist() == [[0, 20, 255]]
+
+
+def test_v4_threshold_then_area_resize():
+    prev = np.zeros((32, 32), np.uint8)
+    cur = prev.copy()
+    cur[0, 0] = 10  # above 3.5 → 255, alone in its 2×2 cell → 255/4 ≈ 64
+    cur[2, 2] = 3  # below the threshold → 0
+    cur[4:6, 4:6] = 4  # a full 2×2 cell above threshold → 255
+    prev[8, 8], cur[8, 8] = 200, 100  # got darker: saturates at 0
+    out = Preprocessor(PreprocessSpec(id="v4", size=16))(prev, cur)
+    assert out.shape == (16, 16, 1) and out.dtype == np.uint8
+    assert out[0, 0, 0] == 64
+    assert out[1, 1, 0] == 0
+    assert out[2, 2, 0] == 255
+    assert out[4, 4, 0] == 0
+    assert int(out.sum()) == 64 + 255
+
+
+def test_v4_stretches_aspect_like_the_reference():
+    prev = np.zeros((20, 40), np.uint8)
+    cur = prev.copy()
+    cur[:, 20:] = 50  # right half changed
+    out = Preprocessor(PreprocessSpec(id="v4", size=16))(prev, cur)[:, :, 0]
+    assert (out[:, :8] == 0).all() and (out[:, 8:] == 255).all()
+
+
+def test_g1_channels_on_a_single_bright_pixel():
+    prev = np.zeros((32, 32), np.uint8)
+    cur = prev.copy()
+    cur[5, 7] = 10
+    cur[20:24, 20:24] = 90  # raw frame content for c2
+    spec = PreprocessSpec(id="g1", size=16, blur=1, k_sigma=2.0, gain=24.0)
+    out = Preprocessor(spec)(prev, cur)
+    assert out.shape == (16, 16, 3)
+    # Nothing else changed except the bright block → noise σ floors at 0.5; 10/0.5 − 2 = 18σ
+    # → 432 grey levels → clipped at 255.
+    c0, c1, c2 = out[:, :, 0], out[:, :, 1], out[:, :, 2]
+    assert c0[2, 3] == 64  # area average of one 255 pixel in a 2×2 cell
+    assert c1[2, 3] == 255  # max-pool keeps the thin feature at full strength
+    assert c2[10, 10] == 90 and c2[0, 0] == 0  # the raw frame, area-resized
+
+
+def test_g1_normalises_noise_so_cameras_look_alike():
+    rng = np.random.default_rng(0)
+    outs = []
+    for sigma in (2.0, 6.0):
+        base = np.full((240, 320), 40.0)
+        prev = np.clip(base + rng.normal(0, sigma, base.shape), 0, 255).astype(np.uint8)
+        cur = np.clip(base + rng.normal(0, sigma, base.shape), 0, 255).astype(np.uint8)
+        out = Preprocessor(PreprocessSpec(id="g1", size=32))(prev, cur)
+        outs.append(float(out[:, :, 0].mean()))
+    # Same noise statistics in σ units → similar background level for a quiet and a noisy camera.
+    assert abs(outs[0] - outs[1]) < 3.0
+
+
+def test_g1_faint_line_survives_where_v4_drowns_in_noise():
+    rng = np.random.default_rng(1)
+    base = np.full((480, 640), 35.0)
+    prev = np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
+    cur_f = base + rng.normal(0, 3, base.shape)
+    line = np.zeros_like(base)
+    cv2.line(line, (100, 100), (400, 300), 8.0, 2)  # 8 grey levels: a faint meteor
+    cur = np.clip(cur_f + line, 0, 255).astype(np.uint8)
+    spec = PreprocessSpec(id="g1", size=64)
+    out = Preprocessor(spec)(prev, cur)[:, :, 1].astype(float)
+    on = cv2.resize(line, (64, 64), interpolation=cv2.INTER_AREA) > 1.0
+    assert out[on].mean() > 3 * out[~on].mean()
+
+
+def test_robust_sigma_of_gaussian_noise():
+    rng = np.random.default_rng(2)
+    assert robust_sigma(rng.normal(0, 4.0, (400, 400)), step=1) == pytest.approx(4.0, rel=0.05)
+
+
+def test_mismatched_and_bad_inputs_are_refused():
+    p = Preprocessor(PreprocessSpec(id="v4", size=16))
+    with pytest.raises(PreprocessError, match="sizes differ"):
+        p(np.zeros((32, 32), np.uint8), np.zeros((32, 40), np.uint8))
+    with pytest.raises(PreprocessError, match="uint8"):
+        p(np.zeros((32, 32), np.float32), np.zeros((32, 32), np.float32))
+    with pytest.raises(PreprocessError, match="unknown preprocessing id"):
+        PreprocessSpec.from_dict({"id": "v9"})
+    with pytest.raises(PreprocessError, match="unknown preprocessing parameters"):
+        PreprocessSpec.from_dict({"id": "v4", "treshold": 3})
+
+
+def test_colour_frames_are_converted_with_opencv_luma():
+    bgr = np.zeros((32, 32, 3), np.uint8)
+    bgr[0, 0] = (255, 0, 0)  # pure blue: luma 0.114 × 255 ≈ 29 → above 3.5
+    out = Preprocessor(PreprocessSpec(id="v4", size=16))(np.zeros_like(bgr), bgr)
+    assert out[0, 0, 0] == 64
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    image = np.random.default_rng(3).integers(0, 255, (64, 64), dtype=np.uint8)
+    _, data = cv2.imencode(".jpg", image)
+    full = tmp_path / "image-20261120200000.jpg"
+    full.write_bytes(data.tobytes())
+    assert read_gray(str(full)).shape == (64, 64)
+    half = tmp_path / "image-20261120200030.jpg"
+    half.write_bytes(data.tobytes()[: len(data) // 2])
+    with pytest.raises(PreprocessError, match="truncated"):
+        read_gray(str(half))
+    with pytest.raises(PreprocessError):
+        decode_gray(b"not an image")
+
+
+def test_spec_round_trip_and_fingerprint():
+    spec = PreprocessSpec(id="g1", size=160)
+    again = PreprocessSpec.from_dict(spec.to_dict())
+    assert again == spec and again.fingerprint() == spec.fingerprint()
+    assert PreprocessSpec(id="g1", size=224).fingerprint() != spec.fingerprint()
+
+
+def test_to_nchw_layout():
+    hwc = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    nchw = to_nchw(hwc)
+    assert nchw.shape == (1, 3, 2, 3) and nchw.dtype == np.float32
+    assert nchw[0, 1, 0, 2] == hwc[0, 2, 1]

@@ -1,0 +1,284 @@
+"""End to end on CPU: simulate → dataset index → train → export → evaluate, on a tiny set.
+
+Three simulated nights of 40 frames at 320×240, inputs 64 px, ResNet18 from scratch for one
+epoch: the model is not meant to be good, the pipeline is meant to be right — night-disjoint
+splits, the edge's preprocessing in the cache, the same probabilities from fastai, PyTorch and
+the ONNX graph, a bundle the edge's scorer loads, a report holding the numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("fastai")
+
+from edge.cli import main
+from edge.preprocess import Preprocessor, PreprocessSpec, read_gray
+from training._common import load_index, load_input
+
+pytestmark = pytest.mark.slow
+THREADS = "2"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    import torch
+
+    torch.set_num_threads(int(THREADS))
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def sim(work: Path) -> Path:
+    from training.simulate import simulate
+
+    # A high meteor rate so every night has meteors to train, validate and test on.
+    return simulate(work / "sim", nights=3, frames=40, seed=3, width=320, height=240,
+                    meteor_rate=0.3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def indexed(work: Path, sim: Path) -> Path:
+    out = work / "data"
+    rc = main(["dataset", "index", "--truth", str(sim), "--out", str(out), "--preprocess", "g1",
+               "--size", "64", "--workers", "2", "--no-progress", "--seed", "1"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(work: Path, indexed: Path) -> Path:
+    out = work / "model"
+    rc = main(["train", "--data", str(indexed), "--out", str(out), "--arch", "resnet18",
+               "--no-pretrained", "--epochs", "1", "--no-lr-find", "--lr", "1e-2",
+               "--batch-size", "16", "--threads", THREADS, "--quiet"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(work: Path, trained: Path, indexed: Path) -> Path:
+    out = work / "bundle"
+    # One untrained epoch says nothing about int8 vs fp32 recall: the refusal rule itself is
+    # unit-tested; here every parity number must merely be computed.
+    rc = main(["export", "--model", str(trained), "--data", str(indexed), "--out", str(out),
+               "--name", "guaita-test", "--version", "0.0.1", "--calib-images", "24",
+               "--max-recall-drop", "1.0", "--threads", THREADS])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(work: Path, indexed: Path, trained: Path, bundle: Path) -> Path:
+    out = work / "report"
+    rc = main(["evaluate", "--data", str(indexed), "--model", str(trained), "--model",
+               str(bundle), "--out", str(out), "--threads", THREADS, "--gallery", "8",
+               "--cams", "4"])
+    assert rc == 0
+    return out
+
+
+def _truth(sim: Path) -> dict[str, dict[str, str]]:
+    with open(sim, newline="") as fh:
+        return {str((sim.parent / r["file"]).resolve()): r for r in csv.DictReader(fh)}
+
+
+def test_index_splits_by_whole_night_and_labels_only_meteors(indexed: Path, sim: Path):
+    df, meta = load_index(indexed)
+    truth = _truth(sim)
+    splits_per_night = df.groupby("night")["split"].nunique()
+    assert (splits_per_night == 1).all()
+    assert set(df["split"]) == {"train", "valid", "test"}
+    assert set(meta["nights"]["train"]).isdisjoint(meta["nights"]["test"])
+    # The first frame of a night has no reference frame: never in the index.
+    rows = [truth[str(Path(f).resolve())] for f in df["frame"]]
+    assert all(r["frame_index"] != "0" for r in rows)
+    assert len(df) == len(truth) - 3
+    labels = ["meteor" if r["meteor"] == "1" else "no-meteor" for r in rows]
+    assert list(df["label"]) == labels
+    # Satellites without a meteor are negatives (the model must learn to ignore them).
+    sats = df[(df["satellite"].astype(str) == "1") & (df["label"] == "no-meteor")]
+    assert len(sats) > 0
+    for split in ("train", "valid", "test"):
+        part = df[df["split"] == split]
+        assert meta["counts"][split]["meteor"] == int((part["label"] == "meteor").sum())
+        assert (part["label"] == "meteor").any(), f"{split} has no meteor"
+
+
+def test_cached_images_are_the_edges_preprocessing(indexed: Path):
+    df, meta = load_index(indexed)
+    spec = PreprocessSpec.from_dict(meta["preprocessing"])
+    assert Path(meta["cache"]).name == spec.fingerprint()
+    pre = Preprocessor(spec)
+    for _, row in df.sample(5, random_state=0).iterrows():
+        expected = pre(read_gray(row["previous"]), read_gray(row["frame"]))
+        assert np.array_equal(load_input(row["path"], spec.channels), expected)
+        assert Path(row["previous"]).parent == Path(row["frame"]).parent
+        assert Path(row["previous"]).name < Path(row["frame"]).name
+
+
+def test_index_is_resumable(indexed: Path, sim: Path):
+    df, _ = load_index(indexed)
+    kept, removed = Path(df["path"].iloc[0]), Path(df["path"].iloc[1])
+    before = kept.stat().st_mtime_ns
+    removed.unlink()
+    rc = main(["dataset", "index", "--truth", str(sim), "--out", str(indexed), "--size", "64",
+               "--workers", "1", "--no-progress", "--seed", "1"])
+    assert rc == 0
+    assert kept.stat().st_mtime_ns == before  # not rewritten
+    assert removed.is_file()  # the missing one was made again
+    assert load_index(indexed)[0]["split"].tolist() == df["split"].tolist()
+
+
+def test_train_records_what_it_did(trained: Path, indexed: Path):
+    meta = json.loads((trained / "train.json").read_text())
+    dmeta = json.loads((indexed / "dataset.json").read_text())
+    assert (trained / "model.pth").is_file() and (trained / "learner.pkl").is_file()
+    assert meta["pretrained"] is False
+    assert "random init" in meta["started_from"]
+    assert meta["classes"] == ["meteor", "no-meteor"]
+    assert meta["channels"] == 3
+    assert meta["preprocessing"] == dmeta["preprocessing"]
+    assert meta["data"]["splits"]["train"]["nights"] == dmeta["nights"]["train"]
+    assert len(meta["history"]) == 1 and math.isfinite(meta["history"][0]["train_loss"])
+
+
+def test_pretrained_without_cached_weights_fails_clearly(indexed: Path, tmp_path: Path,
+                                                          monkeypatch, caplog):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    rc = main(["train", "--data", str(indexed), "--out", str(tmp_path / "m"), "--pretrained",
+               "--epochs", "1", "--no-lr-find"])
+    assert rc == 2
+    assert "not in the local torch hub cache" in caplog.text
+    assert not (tmp_path / "m" / "model.pth").exists()
+
+
+def test_bundle_loads_in_the_edge_scorer_and_matches_training(bundle: Path, indexed: Path):
+    import onnx
+
+    from edge.model import open_scorer
+
+    scorer = open_scorer(bundle, threads=1)
+    man = scorer.manifest
+    assert man.name == "guaita-test" and man.classes == ("meteor", "no-meteor")
+    assert man.input_shape == (1, 3, 64, 64) and man.input_name == "image"
+    assert 0.0 < man.recommended_threshold < 1.0
+    graph = onnx.load(str(bundle / "model.onnx"))
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [o.name for o in graph.graph.output] == ["probs"]
+    assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)  # int8 QDQ
+    # The edge's path (JPEG pair → Preprocessor → ONNX) equals the cached training image's score.
+    df, _ = load_index(indexed)
+    row = df[df["split"] == "test"].iloc[0]
+    from_frames = scorer.score(read_gray(row["previous"]), read_gray(row["frame"]))
+    from_cache = float(scorer.score_inputs([load_input(row["path"], 3)])[0])
+    assert 0.0 <= from_frames <= 1.0
+    assert from_frames == pytest.approx(from_cache, abs=1e-6)
+
+
+def test_manifest_carries_parity_metrics_and_training(bundle: Path):
+    data = json.loads((bundle / "manifest.json").read_text())
+    parity = data["metrics"]["parity"]
+    for pair in ("torch_vs_onnx_fp32", "onnx_fp32_vs_int8", "torch_vs_onnx_int8"):
+        for key in ("max_abs_diff", "mean_abs_diff", "agreement"):
+            assert math.isfinite(parity[pair][key])
+    # Normalisation baked into the graph: PyTorch and ONNX fp32 agree to float precision.
+    assert parity["torch_vs_onnx_fp32"]["max_abs_diff"] < 1e-4
+    assert parity["split"] == "test"
+    for model in ("torch_fp32", "onnx_fp32", "onnx_int8"):
+        assert math.isfinite(parity["models"][model]["recall"])
+    cal = data["metrics"]["calibration"]
+    assert set(cal["valid"]) == {"minmax", "entropy", "percentile"}
+    assert cal["chosen"] in cal["valid"]
+    assert data["training"]["arch"] == "resnet18" and data["training"]["pretrained"] is False
+    assert data["training"]["data"]["splits"]["test"]["frames"] == parity["frames"]
+    assert "validation" in data["threshold_rule"]
+
+
+def test_fastai_pipeline_matches_the_exported_graph(trained: Path, indexed: Path):
+    """fastai's DataLoaders (PIL, /255, Normalize) and the baked graph see the same pixels."""
+    from fastai.learner import load_learner
+
+    from training.export import onnx_probs, onnx_session
+
+    df, _ = load_index(indexed)
+    test = df[df["split"] == "test"].reset_index(drop=True)
+    learn = load_learner(trained / "learner.pkl", cpu=True)
+    with learn.no_bar():
+        preds, _ = learn.get_preds(dl=learn.dls.test_dl(test))
+    onnx_p = onnx_probs(onnx_session(trained / "export" / "fp32.onnx"), list(test["path"]), 3)
+    assert np.abs(preds[:, 0].numpy() - onnx_p).max() < 1e-4
+
+
+def test_evaluate_report_holds_the_metrics(report: Path):
+    metrics = json.loads((report / "metrics.json").read_text())
+    text = (report / "report.md").read_text()
+    assert [m["kind"] for m in metrics["models"]] == ["fastai", "onnx"]
+    for m in metrics["models"]:
+        assert m["name"] in text
+        recall = m["at_threshold"]["recall"]
+        assert f"{recall:.4f}" in text
+        assert len(m["sweep"]) >= 19
+        assert {"precision", "recall", "f1"} <= set(m["per_class"]["meteor"])
+        assert m["recall_by_peak"], "the simulator's meteor_peak must give a brightness table"
+    for heading in ("Threshold sweep", "Confusion matrix", "peak brightness", "Grad-CAM"):
+        assert heading in text
+    from PIL import Image
+
+    for name in ("roc.png", "pr.png", "confusion.png", "top-losses-0.png", "top-losses-1.png",
+                 "cam.png"):
+        with Image.open(report / name) as image:
+            assert image.size[0] > 100
+    assert "<table>" in (report / "report.html").read_text()
+
+
+def test_bundle_weights_come_back_for_fine_tuning(bundle: Path, indexed: Path, trained: Path):
+    """--init-from a bundle: dequantized, unfolded weights reproduce the trained network."""
+    import torch
+
+    from training._model import Deployable, build_model
+    from training._onnx_weights import load_from_bundle, recalibrate_bn
+    from training.export import onnx_probs, onnx_session, torch_probs
+
+    df, _ = load_index(indexed)
+    paths = list(df[df["split"] == "test"]["path"])
+    model = build_model("resnet18")
+    assert "bundle" in load_from_bundle(model, bundle)
+    net = Deployable(model.eval(), 3)
+    p_torch = torch_probs(net, paths, 3)
+    # Only the weights' int8 rounding separates them from the fp32 network they came from
+    # (the int8 graph also rounds activations, so it is further off).
+    p_fp32 = onnx_probs(onnx_session(trained / "export" / "fp32.onnx"), paths, 3)
+    assert np.abs(p_torch - p_fp32).max() < 0.02
+    # After BatchNorm re-estimation, training mode (batch statistics) computes the same function
+    # in the body, so fine-tuning starts from the bundle's behaviour.
+    images = np.stack([load_input(p, 3) for p in paths]).transpose(0, 3, 1, 2)
+    x = (torch.from_numpy(images.astype(np.float32)) - net.shift) / net.scale
+    assert recalibrate_bn(model, [x]) == 20
+    with torch.no_grad():
+        model.eval()
+        eval_p = torch.softmax(model(x), 1)
+        model.train()
+        model[1].eval()  # the head's dropout is not what this checks
+        train_p = torch.softmax(model(x), 1)
+    assert torch.allclose(eval_p, train_p, atol=1e-3)
+
+
+def test_fine_tune_from_bundle(bundle: Path, indexed: Path, tmp_path: Path):
+    out = tmp_path / "tuned"
+    rc = main(["train", "--data", str(indexed), "--out", str(out), "--init-from", str(bundle),
+               "--epochs", "1", "--freeze-epochs", "0", "--no-lr-find", "--lr", "1e-3",
+               "--batch-size", "16", "--threads", THREADS, "--quiet"])
+    assert rc == 0
+    meta = json.loads((out / "train.json").read_text())
+    assert meta["started_from"].startswith("bundle")
+    assert meta["schedule"].startswith("fine_tune")

@@ -1,0 +1,237 @@
+"""Fast unit tests of the training pipeline's rules: splits, labels, metrics, thresholds, int8."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from training import dataset
+from training._common import TrainingError
+from training._metrics import (
+    at_threshold,
+    choose_threshold,
+    int8_refusal,
+    parity,
+    per_class,
+    pr_curve,
+    recall_by_bins,
+    roc_curve,
+)
+
+# ---------------------------------------------------------------- splits
+
+
+def test_split_is_by_night_seeded_and_leaves_training_nights():
+    nights = [f"202611{d:02d}" for d in range(1, 21)]
+    a = dataset.split_nights(nights, 0.2, 0.2, seed=4)
+    b = dataset.split_nights(reversed(nights), 0.2, 0.2, seed=4)
+    assert a == b  # order of input does not matter, the seed does
+    assert set(a) == set(nights)
+    counts = {s: sum(1 for v in a.values() if v == s) for s in ("train", "valid", "test")}
+    assert counts == {"train": 12, "valid": 4, "test": 4}
+    assert dataset.split_nights(nights, 0.2, 0.2, seed=5) != a
+
+
+def test_split_honours_explicit_nights_and_refuses_overlap():
+    nights = ["20261101", "20261102", "20261103", "20261104"]
+    split = dataset.split_nights(nights, 0.0, 0.0, valid_nights=["20261102"],
+                                 test_nights=["20261104"])
+    assert split == {"20261101": "train", "20261102": "valid", "20261103": "train",
+                     "20261104": "test"}
+    with pytest.raises(TrainingError, match="both"):
+        dataset.split_nights(nights, valid_nights=["20261102"], test_nights=["20261102"])
+    with pytest.raises(TrainingError, match="not in the data"):
+        dataset.split_nights(nights, test_nights=["20250101"])
+
+
+def test_split_with_few_nights_still_trains():
+    assert dataset.split_nights(["20261101"], 0.3, 0.3) == {"20261101": "train"}
+    two = dataset.split_nights(["20261101", "20261102"], 0.3, 0.3)
+    assert sorted(two.values()) == ["test", "train"]
+
+
+def test_2021_csv_test_set_is_kept_whole():
+    nights = ["20210401", "20210402", "20210403", "20210404", "20210405"]
+    split = dataset.split_nights(nights, 0.2, 0.5, seed=0, hints={"20210405": "test"})
+    assert [n for n, s in split.items() if s == "test"] == ["20210405"]
+    assert sum(1 for s in split.values() if s == "valid") == 1
+
+
+# ---------------------------------------------------------------- label sources
+
+
+def _night(images: Path, night: str, n: int, seed: int = 0) -> list[Path]:
+    """n real JPEG frames 30 s apart in images/<night>/."""
+    rng = np.random.default_rng(seed)
+    folder = images / night
+    folder.mkdir(parents=True)
+    t = datetime.strptime(night, "%Y%m%d").replace(hour=21)
+    paths = []
+    for _ in range(n):
+        path = folder / f"image-{t:%Y%m%d%H%M%S}.jpg"
+        cv2.imwrite(str(path), rng.normal(30, 3, (48, 64)).clip(0, 255).astype(np.uint8))
+        paths.append(path)
+        t += timedelta(seconds=30)
+    return paths
+
+
+def test_label_folders_pair_with_the_previous_frame_in_the_tree(tmp_path: Path):
+    images = tmp_path / "images"
+    frames = _night(images, "20261101", 5)
+    labels = tmp_path / "labels"
+    (labels / "meteor").mkdir(parents=True)
+    (labels / "no-meteor").mkdir()
+    for src, sub in ((frames[2], "meteor"), (frames[0], "no-meteor"), (frames[3], "no-meteor")):
+        (labels / sub / src.name).write_bytes(src.read_bytes())
+    labelled = dataset.labels_from_folders(labels, images)
+    assert {(lab.frame.path, lab.meteor) for lab in labelled} == {
+        (frames[2], True), (frames[0], False), (frames[3], False)}
+    pairs, skipped = dataset.pair_with_previous(labelled, max_gap_s=180)
+    assert {(lab.frame.path, prev.path) for lab, prev in pairs} == {
+        (frames[2], frames[1]), (frames[3], frames[2])}
+    assert skipped["first_of_night"] == 1  # frames[0] has nothing to subtract
+
+
+def test_rest_negative_labels_the_unreviewed_frames_of_a_night(tmp_path: Path):
+    images = tmp_path / "images"
+    frames = _night(images, "20261101", 4)
+    _night(images, "20261102", 3, seed=1)  # not labelled at all: stays out
+    labelled = dataset.add_rest_negative([dataset.Labelled(dataset.parse_frame(frames[2]),
+                                                           True)])
+    got = {(lab.frame.path, lab.meteor) for lab in labelled}
+    assert got == {(frames[2], True), (frames[0], False), (frames[1], False), (frames[3], False)}
+
+
+def test_gap_too_long_is_not_a_pair(tmp_path: Path):
+    images = tmp_path / "images"
+    frames = _night(images, "20261101", 2)
+    late = frames[1].with_name("image-20261101230000.jpg")
+    frames[1].rename(late)
+    labelled = [dataset.Labelled(dataset.parse_frame(late), False)]
+    pairs, skipped = dataset.pair_with_previous(labelled, max_gap_s=180)
+    assert not pairs and skipped["gap_too_long"] == 1
+    pairs, _ = dataset.pair_with_previous(labelled, max_gap_s=None)
+    assert len(pairs) == 1
+
+
+def test_csv_2021_reads_windows_paths_and_word_labels(tmp_path: Path):
+    images = tmp_path / "images"
+    frames = _night(images, "20210419", 3)
+    index = tmp_path / "index.csv"
+    with open(index, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["fn", "dataset", "meteor"])
+        writer.writerow([rf"\test_set\meteor\{frames[1].name}", "test_set", "meteor"])
+        writer.writerow([rf"\training_set\no-meteor\{frames[2].name}", "training_set",
+                         "no-meteor"])
+        writer.writerow([r"\test_set\meteor\image-20210419235959.jpg", "test_set", "meteor"])
+    labelled = dataset.labels_from_csv2021(index, images)
+    assert [(lab.frame.path, lab.meteor, lab.split_hint) for lab in labelled] == [
+        (frames[1], True, "test"), (frames[2], False, "train")]
+
+
+def test_bad_label_word_is_an_error():
+    with pytest.raises(TrainingError, match="maybe"):
+        dataset.parse_bool("maybe", "x.csv:3")
+
+
+def test_index_writes_pngs_and_refuses_empty_input(tmp_path: Path):
+    from edge.preprocess import PreprocessSpec
+
+    images = tmp_path / "images"
+    frames = _night(images, "20261101", 4)
+    labelled = [dataset.Labelled(dataset.parse_frame(f), i == 2) for i, f in enumerate(frames)]
+    out = tmp_path / "data"
+    dataset.build_index(labelled, out, PreprocessSpec(id="v4", size=32), valid_frac=0,
+                        test_frac=0, progress=False)
+    with open(out / "index.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == ["no-meteor", "meteor", "no-meteor"]
+    from training._common import load_input
+
+    assert load_input(out / rows[0]["path"], 1).shape == (32, 32, 1)
+    with pytest.raises(TrainingError):
+        dataset.build_index([], out, PreprocessSpec(), progress=False)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+P = np.array([0.9, 0.8, 0.6, 0.2, 0.7, 0.3, 0.1, 0.1, 0.05, 0.0])
+
+
+def test_counts_and_rates_at_a_threshold():
+    m = at_threshold(Y, P, 0.5)
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 1, 5)
+    assert m["recall"] == 0.75 and m["precision"] == 0.75
+    assert m["fp_per_1000"] == 100.0 and m["fpr"] == pytest.approx(1 / 6)
+    pc = per_class(Y, P, 0.5)
+    assert pc["no-meteor"]["recall"] == pytest.approx(5 / 6)
+    assert pc["meteor"]["support"] == 4 and pc["no-meteor"]["support"] == 6
+
+
+def test_roc_and_pr_on_known_cases():
+    _, _, auc = roc_curve(Y, P)
+    # of 4×6 pairs the positive outranks the negative in 21 (0.6 < 0.7; 0.2 < 0.7, 0.3)
+    assert auc == pytest.approx(21 / 24)
+    assert roc_curve(Y, Y.astype(float))[2] == 1.0
+    _, _, ap = pr_curve(Y, Y.astype(float))
+    assert ap == 1.0
+
+
+def test_threshold_rules_choose_on_the_given_frames():
+    t, why = choose_threshold(Y, P, "recall:0.75")
+    assert t == 0.6 and "recall" in why  # highest keeping 3 of 4
+    t, _ = choose_threshold(Y, P, "recall:1.0")
+    assert t == 0.2
+    t, _ = choose_threshold(Y, P, "fp:0.0")
+    assert t == 0.71  # lowest with no false positive
+    t, _ = choose_threshold(Y, P, "fbeta:1")
+    assert at_threshold(Y, P, t)["f1"] == max(at_threshold(Y, P, x)["f1"]
+                                               for x in np.arange(0.01, 1, 0.01))
+    with pytest.raises(ValueError, match="no meteor"):
+        choose_threshold(np.zeros(3, bool), np.zeros(3), "recall:0.9")
+    with pytest.raises(ValueError, match="expected"):
+        choose_threshold(Y, P, "precision:0.9")
+
+
+def test_recall_by_brightness_bins():
+    peaks = np.array([4, 30, 30, 300, -1, -1, -1, -1, -1, -1], float)
+    rows = recall_by_bins(Y, P, 0.5, peaks)
+    assert [(r["bin"], r["meteors"], r["detected"]) for r in rows] == [
+        ("0–5", 1, 1), ("20–40", 2, 2), ("160–inf", 1, 0)]
+
+
+def test_parity_numbers():
+    a = np.array([0.1, 0.6, 0.9])
+    b = np.array([0.12, 0.4, 0.9])
+    out = parity(a, b, 0.5)
+    assert out["max_abs_diff"] == pytest.approx(0.2)
+    assert out["agreement"] == pytest.approx(2 / 3)
+
+
+def test_int8_refusal_rule():
+    assert int8_refusal(0.98, 0.975) is None  # half a point: fine
+    assert int8_refusal(0.98, 0.97) is None  # exactly one point: allowed
+    message = int8_refusal(0.98, 0.965)
+    assert message and "1.50 points below" in message
+    assert int8_refusal(0.90, 0.95) is None  # better is fine
+    assert int8_refusal(float("nan"), 0.9)  # cannot vouch without meteors
+    assert int8_refusal(0.98, 0.95, max_drop=0.05) is None
+
+
+def test_calibration_choice_prefers_recall_then_agreement():
+    from training.export import pick_calibration
+
+    cands = {
+        "minmax": {"recall": 0.96, "agreement": 0.999, "mean_abs_diff": 0.001},
+        "entropy": {"recall": 0.98, "agreement": 0.990, "mean_abs_diff": 0.010},
+        "percentile": {"recall": 0.98, "agreement": 0.995, "mean_abs_diff": 0.020},
+    }
+    assert pick_calibration(cands) == "percentile"

@@ -1,0 +1,176 @@
+"""Metrics on (label, meteor probability) arrays: pure numpy, shared by evaluate and export.
+
+`y` is a boolean array (True = meteor), `p` the meteor probability. "Frames" counts every frame
+scored, so ``fp_per_1000`` is what an operator sees: false alerts per 1,000 frames of sky.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+SWEEP = (*(round(t, 2) for t in np.arange(0.05, 0.951, 0.05)), 0.97, 0.98, 0.99, 0.995)
+GRID = (*(round(t, 2) for t in np.arange(0.01, 0.995, 0.01)), 0.995, 0.999)
+PEAK_EDGES = (0, 5, 10, 20, 40, 80, 160, float("inf"))
+FLAG_COLUMNS = ("satellite", "aircraft", "moon", "twilight", "flash", "exposure_jump")
+
+
+def _arrays(y, p) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=bool)
+    p = np.asarray(p, dtype=np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f"labels {y.shape} and probabilities {p.shape} differ in shape")
+    return y, p
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def at_threshold(y, p, threshold: float) -> dict[str, Any]:
+    """Confusion counts and the rates derived from them at one threshold (p >= t is meteor)."""
+    y, p = _arrays(y, p)
+    pred = p >= threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {
+        "threshold": float(threshold),
+        "frames": int(y.size), "meteors": int(y.sum()),
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "precision": precision, "recall": recall,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "fp_per_1000": _ratio(1000 * fp, y.size),
+        "fp_frame_rate": _ratio(fp, y.size),
+        "fpr": _ratio(fp, fp + tn),
+    }
+
+
+def per_class(y, p, threshold: float) -> dict[str, dict[str, float]]:
+    """Precision/recall/F1/support for both classes (the no-meteor recall is 1 − FPR)."""
+    m = at_threshold(y, p, threshold)
+    tp, fp, fn, tn = m["tp"], m["fp"], m["fn"], m["tn"]
+    return {
+        "meteor": {"precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+                   "support": tp + fn},
+        "no-meteor": {"precision": _ratio(tn, tn + fn), "recall": _ratio(tn, tn + fp),
+                      "f1": _ratio(2 * tn, 2 * tn + fn + fp), "support": tn + fp},
+    }
+
+
+def sweep(y, p, thresholds=SWEEP) -> list[dict[str, Any]]:
+    return [at_threshold(y, p, t) for t in sorted(set(thresholds))]
+
+
+def roc_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
+    """(fpr, tpr, auc) over every distinct score; auc by the trapezoid rule."""
+    y, p = _arrays(y, p)
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    distinct = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1] if ys.size else np.array([], int)
+    tps = np.cumsum(ys)[distinct]
+    fps = (distinct + 1) - tps
+    pos, neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    tpr = np.r_[0.0, tps / pos]
+    fpr = np.r_[0.0, fps / neg]
+    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+
+
+def pr_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
+    """(recall, precision, average precision) over every distinct score."""
+    y, p = _arrays(y, p)
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    distinct = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1] if ys.size else np.array([], int)
+    tps = np.cumsum(ys)[distinct]
+    predicted = distinct + 1
+    precision = tps / predicted
+    recall = tps / max(int(y.sum()), 1)
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if recall.size else float("nan")
+    return np.r_[0.0, recall], np.r_[1.0, precision], ap
+
+
+def choose_threshold(y, p, rule: str) -> tuple[float, str]:
+    """The recommended threshold on validation frames, by a named rule; returns (t, why).
+
+    ``recall:R``  the highest threshold keeping meteor recall >= R (fewest false alarms that
+                  still catch the wanted share of meteors);
+    ``fp:F``      the lowest threshold with false positives <= F of all frames (most meteors
+                  within an alarm budget);
+    ``fbeta:B``   the threshold maximising F-beta (B > 1 weighs recall more).
+    """
+    y, p = _arrays(y, p)
+    if not y.any():
+        raise ValueError("cannot choose a threshold: the validation frames hold no meteor")
+    kind, _, value = rule.partition(":")
+    try:
+        target = float(value)
+    except ValueError:
+        raise ValueError(f"threshold rule {rule!r}: expected recall:R, fp:F or fbeta:B") from None
+    table = [at_threshold(y, p, t) for t in GRID]
+    if kind == "recall":
+        ok = [m for m in table if m["recall"] >= target]
+        if not ok:
+            return GRID[0], f"no threshold reaches recall {target}; lowest grid value"
+        best = max(ok, key=lambda m: m["threshold"])
+        return best["threshold"], (f"highest threshold with validation recall >= {target} "
+                                   f"(recall {best['recall']:.3f}, "
+                                   f"{best['fp_per_1000']:.1f} FP/1000 frames)")
+    if kind == "fp":
+        ok = [m for m in table if m["fp_frame_rate"] <= target]
+        if not ok:
+            return GRID[-1], f"no threshold keeps false positives <= {target}; highest grid value"
+        best = min(ok, key=lambda m: m["threshold"])
+        return best["threshold"], (f"lowest threshold with validation false positives <= "
+                                   f"{target:.2%} of frames (recall {best['recall']:.3f})")
+    if kind == "fbeta":
+        b2 = target * target
+
+        def fbeta(m: dict) -> float:
+            denom = (1 + b2) * m["tp"] + b2 * m["fn"] + m["fp"]
+            return (1 + b2) * m["tp"] / denom if denom else 0.0
+
+        best = max(table, key=lambda m: (fbeta(m), m["threshold"]))
+        return best["threshold"], f"maximum validation F{target:g} ({fbeta(best):.3f})"
+    raise ValueError(f"threshold rule {rule!r}: expected recall:R, fp:F or fbeta:B")
+
+
+def recall_by_bins(y, p, threshold: float, values, edges=PEAK_EDGES) -> list[dict[str, Any]]:
+    """Meteor recall per bin of `values` (e.g. peak brightness above background)."""
+    y, p = _arrays(y, p)
+    v = np.asarray(values, dtype=np.float64)
+    rows = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = y & (v >= lo) & (v < hi)
+        n = int(sel.sum())
+        if n:
+            hits = int((p[sel] >= threshold).sum())
+            rows.append({"bin": f"{lo:g}–{hi:g}", "meteors": n, "detected": hits,
+                         "recall": hits / n})
+    return rows
+
+
+def parity(reference, other, threshold: float) -> dict[str, float]:
+    """How closely two models' meteor probabilities agree on the same frames."""
+    a, b = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    diff = np.abs(a - b)
+    return {
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "agreement": float(((a >= threshold) == (b >= threshold)).mean()) if diff.size else 1.0,
+    }
+
+
+def int8_refusal(fp32_recall: float, int8_recall: float, max_drop: float = 0.01) -> str | None:
+    """Why the int8 model must not ship (recall more than `max_drop` below fp32), else None."""
+    if np.isnan(fp32_recall) or np.isnan(int8_recall):
+        return "recall is undefined (no meteors in the parity set): cannot vouch for int8"
+    drop = fp32_recall - int8_recall
+    if drop > max_drop + 1e-9:
+        return (f"int8 meteor recall {int8_recall:.4f} is {drop * 100:.2f} points below fp32 "
+                f"{fp32_recall:.4f} (allowed: {max_drop * 100:.2f})")
+    return None

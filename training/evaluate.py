@@ -1,0 +1,547 @@
+"""``guaita evaluate``: score held-out nights and write a report (Markdown + HTML + PNG + JSON).
+
+Each ``--model`` is either a fastai learner (a `guaita train` folder or its learner.pkl, scored
+through fastai's own DataLoaders) or a model bundle (scored with ``edge.model.open_scorer``, the
+edge's actual scorer). Several models go into one report, so fp32 and int8, or an old and a new
+model, are compared on the same frames.
+
+Per model: per-class precision/recall/F1 and confusion matrix at its threshold (the bundle's
+recommended one, 0.5 for a learner, or ``--threshold``), ROC and PR curves, a threshold sweep
+(recall and false positives per 1,000 frames), meteor recall by peak brightness and false
+positives by what else was in the frame (satellite, aircraft, moon, cloud…) when the index
+carries those truth columns, a top-loss gallery for label curation, and — for learners —
+Grad-CAM heatmaps showing where the network looks on a few meteors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training._common import (
+    DATASET_META,
+    LEARNER_NAME,
+    METEOR,
+    TRAIN_META,
+    TrainingError,
+    load_index,
+    load_input,
+    set_threads,
+    write_json,
+)
+from training._metrics import (
+    FLAG_COLUMNS,
+    at_threshold,
+    per_class,
+    pr_curve,
+    recall_by_bins,
+    roc_curve,
+    sweep,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    """One model's verdicts on the evaluation frames."""
+
+    name: str
+    kind: str  # "fastai" or "onnx"
+    threshold: float
+    probs: np.ndarray
+    learner: Any = None  # for Grad-CAM
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _is_bundle(path: Path) -> bool:
+    return (path.is_dir() and (path / "manifest.json").is_file()) or path.name.endswith(
+        (".tar.gz", ".tgz"))
+
+
+def score_learner(path: Path, df, threshold: float | None) -> Scored:
+    from fastai.learner import load_learner
+
+    pkl = path / LEARNER_NAME if path.is_dir() else path
+    if not pkl.is_file():
+        raise TrainingError(f"{path}: no {LEARNER_NAME} (not a `guaita train` output?)")
+    learn = load_learner(pkl, cpu=True)
+    dl = learn.dls.test_dl(df.reset_index(drop=True), bs=64)
+    with learn.no_bar():
+        preds, _ = learn.get_preds(dl=dl)
+    meteor = list(learn.dls.vocab).index(METEOR)
+    name = f"fastai:{pkl.parent.name}"
+    info = {"path": str(pkl)}
+    meta_path = pkl.parent / TRAIN_META
+    if meta_path.is_file():
+        from training._common import read_json
+
+        meta = read_json(meta_path)
+        info.update({k: meta.get(k) for k in ("arch", "started_from", "balance", "epochs")})
+    return Scored(name, "fastai", 0.5 if threshold is None else threshold,
+                  preds[:, meteor].numpy(), learner=learn, info=info)
+
+
+def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_path: str | None,
+                 from_frames: bool, threads: int) -> Scored:
+    from edge.model import open_scorer
+    from edge.preprocess import read_gray
+
+    scorer = open_scorer(path, threads=threads)
+    man = scorer.manifest
+    if man.preprocessing.channels != channels:
+        raise TrainingError(f"{path}: the bundle expects {man.preprocessing.channels} channels, "
+                            f"the dataset has {channels}")
+    probs: list[float] = []
+    if from_frames:
+        # Exactly the edge's path: decode the JPEGs, preprocess with the bundle's spec, score.
+        mask = read_gray(mask_path) if mask_path else None
+        for prev, cur in zip(df["previous"], df["frame"], strict=True):
+            probs.append(scorer.score(read_gray(prev), read_gray(cur), mask))
+    else:
+        paths = list(df["path"])
+        for i in range(0, len(paths), 64):
+            images = [load_input(p, channels) for p in paths[i : i + 64]]
+            probs.extend(scorer.score_inputs(images).tolist())
+    t = man.recommended_threshold if threshold is None else threshold
+    info = {"path": str(path), "bundle": scorer.bundle.label, "from_frames": from_frames,
+            "recommended_threshold": man.recommended_threshold}
+    return Scored(f"onnx:{scorer.bundle.label}", "onnx", t, np.asarray(probs), info=info)
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def _truthy(column) -> np.ndarray:
+    values = column.astype(str).str.strip().str.lower()
+    return values.isin(["1", "true", "yes", "1.0"]).to_numpy()
+
+
+def breakdowns(df, y: np.ndarray, p: np.ndarray, t: float) -> dict[str, Any]:
+    """Recall by peak brightness, false positives by what else the frame held."""
+    out: dict[str, Any] = {}
+    if "meteor_peak" in df.columns:
+        peaks = df["meteor_peak"].apply(lambda v: float(v) if str(v) not in ("", "nan") else
+                                        np.nan).to_numpy(dtype=float)
+        out["recall_by_peak"] = recall_by_bins(y, p, t, np.nan_to_num(peaks, nan=-1.0))
+    flags = []
+    for column in FLAG_COLUMNS:
+        if column in df.columns:
+            flag = _truthy(df[column]) & ~y
+            n = int(flag.sum())
+            fp = int((p[flag] >= t).sum()) if n else 0
+            flags.append({"negatives_with": column, "frames": n, "false_positives": fp,
+                          "fp_rate": fp / n if n else float("nan")})
+    if flags:
+        out["false_positives_by_flag"] = flags
+    if "cloud_cover" in df.columns:
+        cover = df["cloud_cover"].apply(lambda v: float(v) if str(v) not in ("", "nan") else
+                                        0.0).to_numpy(dtype=float)
+        out["by_cloud_cover"] = _groups(
+            y, p, t, np.digitize(cover, [0.25, 0.5, 0.75]),
+            {0: "< 0.25", 1: "0.25–0.5", 2: "0.5–0.75", 3: ">= 0.75"})
+    if "condition" in df.columns:
+        cond = df["condition"].fillna("").astype(str).to_numpy()
+        names = sorted(set(cond))
+        out["by_condition"] = _groups(y, p, t, np.array([names.index(c) for c in cond]),
+                                      dict(enumerate(names)))
+    return out
+
+
+def _groups(y, p, t, keys: np.ndarray, names: dict[int, str]) -> list[dict[str, Any]]:
+    rows = []
+    for key in sorted(set(keys.tolist())):
+        sel = keys == key
+        m = at_threshold(y[sel], p[sel], t)
+        rows.append({"group": names.get(key, str(key)), "frames": m["frames"],
+                     "meteors": m["meteors"], "recall": m["recall"], "fp": m["fp"],
+                     "fp_per_1000": m["fp_per_1000"]})
+    return rows
+
+
+def model_metrics(df, y: np.ndarray, s: Scored) -> dict[str, Any]:
+    auc = roc_curve(y, s.probs)[2]
+    ap = pr_curve(y, s.probs)[2]
+    thresholds = (*[round(t, 2) for t in np.arange(0.05, 0.951, 0.05)], 0.97, 0.98, 0.99, 0.995,
+                  round(s.threshold, 4))
+    return {
+        "name": s.name, "kind": s.kind, "threshold": s.threshold, "info": s.info,
+        "at_threshold": at_threshold(y, s.probs, s.threshold),
+        "per_class": per_class(y, s.probs, s.threshold),
+        "roc_auc": auc, "average_precision": ap,
+        "sweep": sweep(y, s.probs, thresholds),
+        **breakdowns(df, y, s.probs, s.threshold),
+    }
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(y: np.ndarray, models: list[Scored], out: Path) -> list[str]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for s in models:
+        fpr, tpr, auc = roc_curve(y, s.probs)
+        ax.plot(fpr, tpr, label=f"{s.name} (AUC {auc:.4f})")
+    ax.set(xlabel="false positive rate (non-meteor frames)", ylabel="meteor recall",
+           title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for s in models:
+        rec, prec, ap = pr_curve(y, s.probs)
+        ax.plot(rec, prec, label=f"{s.name} (AP {ap:.4f})")
+    ax.set(xlabel="meteor recall", ylabel="meteor precision", title="Precision–recall",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "pr.png", dpi=90)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], models, strict=True):
+        m = at_threshold(y, s.probs, s.threshold)
+        grid = np.array([[m["tp"], m["fn"]], [m["fp"], m["tn"]]])
+        ax.imshow(np.log1p(grid), cmap="Blues")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=11)
+        ax.set_xticks([0, 1], ["meteor", "no-meteor"])
+        ax.set_yticks([0, 1], ["meteor", "no-meteor"])
+        ax.set(xlabel="predicted", ylabel="true", title=f"{s.name}\nt={s.threshold:.3f}")
+        ax.title.set_fontsize(8)
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=90)
+    plt.close(fig)
+    return ["roc.png", "pr.png", "confusion.png"]
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    return image[:, :, 0] if image.shape[2] == 1 else image
+
+
+def plot_gallery(df, y: np.ndarray, s: Scored, channels: int, out: Path, n: int,
+                 filename: str) -> list[dict[str, Any]]:
+    """The n frames the model got most wrong (highest loss): candidates for label review."""
+    plt = _plt()
+    p_true = np.where(y, s.probs, 1.0 - s.probs)
+    loss = -np.log(np.clip(p_true, 1e-7, 1.0))
+    order = np.argsort(-loss)[:n]
+    cols = min(4, max(1, len(order)))
+    rows = max(1, int(np.ceil(len(order) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    listing = []
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), order, strict=False):
+        row = df.iloc[i]
+        ax.imshow(_display(load_input(row["path"], channels)), cmap="gray")
+        label = "meteor" if y[i] else "no-meteor"
+        ax.set_title(f"{label} p={s.probs[i]:.2f}\n{Path(row['frame']).name[6:20]}", fontsize=7,
+                     color="red" if (s.probs[i] >= s.threshold) != y[i] else "black")
+        listing.append({"frame": row["frame"], "label": label, "p_meteor": float(s.probs[i]),
+                        "loss": float(loss[i])})
+    fig.tight_layout()
+    fig.savefig(out / filename, dpi=90)
+    plt.close(fig)
+    return listing
+
+
+def grad_cam(model, x, target: int, layer) -> np.ndarray:
+    """Grad-CAM heatmaps [N, H, W] in 0..1 for class `target` at `layer`'s output."""
+    import torch
+    import torch.nn.functional as F
+
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        store["act"] = output
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        model.eval()
+        x = x.clone().requires_grad_(True)
+        logits = model(x)
+        model.zero_grad()
+        logits[:, target].sum().backward()
+    finally:
+        handle.remove()
+    act, grad = store["act"], store["act"].grad
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * act).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+    flat = cam.flatten(1)
+    cam = (flat - flat.min(1, keepdim=True).values) / (
+        flat.max(1, keepdim=True).values - flat.min(1, keepdim=True).values + 1e-8)
+    return cam.view_as(cam.new_zeros(x.shape[0], *x.shape[2:])).detach().numpy()
+
+
+def plot_cams(df, y: np.ndarray, s: Scored, channels: int, out: Path, n: int) -> str | None:
+    """Grad-CAM on a few meteors: the lowest- and highest-scored ones."""
+    import torch
+
+    from training._model import IMAGENET_MEAN, IMAGENET_STD
+
+    meteors = np.flatnonzero(y)
+    if s.learner is None or meteors.size == 0 or n <= 0:
+        return None
+    ranked = meteors[np.argsort(s.probs[meteors])]
+    pick = list(dict.fromkeys([*ranked[: n // 2], *ranked[::-1][: n - n // 2]]))
+    images = np.stack([load_input(df.iloc[i]["path"], channels) for i in pick])
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32))
+    if channels == 1:
+        x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    model = s.learner.model.cpu()
+    body = model[0]
+    meteor = list(s.learner.dls.vocab).index(METEOR)
+    cams = grad_cam(model, (x - mean) / std, meteor, body)
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(pick), figsize=(2.4 * len(pick), 5), squeeze=False)
+    size = images.shape[1]
+    for k, i in enumerate(pick):
+        row = df.iloc[i]
+        shown = _display(images[k])
+        axes[0][k].imshow(shown, cmap="gray")
+        axes[1][k].imshow(shown if shown.ndim == 2 else shown.mean(axis=2), cmap="gray")
+        axes[1][k].imshow(cams[k], cmap="jet", alpha=0.45)
+        line = _streak(row, size)
+        if line is not None:
+            for ax in (axes[0][k], axes[1][k]):
+                ax.plot(line[0], line[1], color="lime", linewidth=0.6, alpha=0.7)
+        axes[0][k].set_title(f"p={s.probs[i]:.2f}", fontsize=8)
+        for ax in (axes[0][k], axes[1][k]):
+            ax.axis("off")
+    fig.suptitle("Grad-CAM on meteors (green: true streak where known)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "cam.png", dpi=90)
+    plt.close(fig)
+    return "cam.png"
+
+
+def _streak(row, size: int):
+    """The true streak, scaled from frame pixels to the (stretched) model input, if known."""
+    try:
+        x1, y1, x2, y2 = (float(row[c]) for c in ("meteor_x1", "meteor_y1", "meteor_x2",
+                                                   "meteor_y2"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if any(np.isnan(v) for v in (x1, y1, x2, y2)):
+        return None
+    from PIL import Image
+
+    with Image.open(row["frame"]) as frame:
+        width, height = frame.size
+    sx, sy = size / width, size / height
+    return ([x1 * sx, x2 * sx], [y1 * sy, y2 * sy])
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if np.isnan(v):
+            return "–"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+class Report:
+    """Blocks rendered twice: Markdown (report.md) and a self-contained-ish HTML page."""
+
+    def __init__(self) -> None:
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md.append(f"{'#' * level} {text}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md.append(text + "\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "---|" * len(header))
+        for row in rows:
+            self.md.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+        self.md.append("")
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
+                       + "</tr>" for row in rows)
+        self.html.append(f"<table><tr>{head}</tr>{body}</table>")
+
+    def image(self, name: str, alt: str) -> None:
+        self.md.append(f"![{alt}]({name})\n")
+        self.html.append(f'<p><img src="{html.escape(name)}" alt="{html.escape(alt)}"></p>')
+
+    def write(self, out: Path, title: str) -> None:
+        (out / "report.md").write_text("\n".join(self.md) + "\n")
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}"
+                 "table{border-collapse:collapse;font-size:13px}"
+                 "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}")
+        (out / "report.html").write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>" + "\n".join(self.html)
+            + "</body></html>\n")
+
+
+def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[str, Any]],
+                 figures: dict[str, Any], dmeta: dict[str, Any]) -> None:
+    r = Report()
+    r.heading(f"guaita evaluation — {split} nights", 1)
+    nights = sorted(df["night"].unique())
+    r.para(f"{len(df)} frames from {len(nights)} nights ({', '.join(nights)}): "
+           f"{int(y.sum())} meteor, {int((~y).sum())} no-meteor. Preprocessing "
+           f"{dmeta['preprocessing']['id']} at {dmeta['preprocessing']['size']} px.")
+    r.heading("Summary at each model's threshold")
+    r.table(["model", "threshold", "precision", "recall", "F1", "FP", "FP/1000 frames",
+             "ROC AUC", "AP"],
+            [[m["name"], m["threshold"], m["at_threshold"]["precision"],
+              m["at_threshold"]["recall"], m["at_threshold"]["f1"], m["at_threshold"]["fp"],
+              m["at_threshold"]["fp_per_1000"], m["roc_auc"], m["average_precision"]]
+             for m in results])
+    for name in figures["curves"]:
+        r.image(name, name.removesuffix(".png"))
+    for m in results:
+        r.heading(m["name"])
+        r.heading("Per class", 3)
+        r.table(["class", "precision", "recall", "F1", "support"],
+                [[c, v["precision"], v["recall"], v["f1"], v["support"]]
+                 for c, v in m["per_class"].items()])
+        a = m["at_threshold"]
+        r.heading("Confusion matrix", 3)
+        r.table(["true \\ predicted", "meteor", "no-meteor"],
+                [["meteor", a["tp"], a["fn"]], ["no-meteor", a["fp"], a["tn"]]])
+        r.heading("Threshold sweep", 3)
+        r.table(["threshold", "recall", "precision", "TP", "FN", "FP", "FP/1000 frames", "F1"],
+                [[s["threshold"], s["recall"], s["precision"], s["tp"], s["fn"], s["fp"],
+                  s["fp_per_1000"], s["f1"]] for s in m["sweep"]])
+        if m.get("recall_by_peak"):
+            r.heading("Meteor recall by peak brightness (grey levels above background)", 3)
+            r.table(["peak", "meteors", "detected", "recall"],
+                    [[b["bin"], b["meteors"], b["detected"], b["recall"]]
+                     for b in m["recall_by_peak"]])
+        if m.get("false_positives_by_flag"):
+            r.heading("False positives among non-meteor frames holding…", 3)
+            r.table(["truth flag", "frames", "false positives", "rate"],
+                    [[f["negatives_with"], f["frames"], f["false_positives"], f["fp_rate"]]
+                     for f in m["false_positives_by_flag"]])
+        for key, title in (("by_condition", "By sky condition"),
+                           ("by_cloud_cover", "By cloud cover")):
+            if m.get(key):
+                r.heading(title, 3)
+                r.table(["group", "frames", "meteors", "recall", "FP", "FP/1000 frames"],
+                        [[g["group"], g["frames"], g["meteors"], g["recall"], g["fp"],
+                          g["fp_per_1000"]] for g in m[key]])
+        gallery = figures["galleries"].get(m["name"])
+        if gallery:
+            r.heading("Top losses (label review candidates)", 3)
+            r.image(gallery, f"top losses {m['name']}")
+    if figures.get("cam"):
+        r.heading("Where the network looks")
+        r.image(figures["cam"], "Grad-CAM")
+    else:
+        r.para("Grad-CAM needs a fastai learner (ONNX graphs have no gradients here).")
+    r.write(out, f"guaita evaluation {split}")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    set_threads(args.threads)
+    df, dmeta = load_index(args.data)
+    df = df[df["split"] == args.split].reset_index(drop=True)
+    if df.empty:
+        raise TrainingError(f"{args.data}: no frames in split {args.split!r}")
+    y = (df["label"] == METEOR).to_numpy()
+    from edge.preprocess import PreprocessSpec
+
+    channels = PreprocessSpec.from_dict(dmeta["preprocessing"]).channels
+    scored: list[Scored] = []
+    for path in args.model:
+        if not path.exists():
+            raise TrainingError(f"model not found: {path}")
+        log.info("scoring %d %s frames with %s", len(df), args.split, path)
+        if _is_bundle(path):
+            scored.append(score_bundle(path, df, args.threshold, channels, dmeta.get("mask"),
+                                       args.from_frames, args.threads or 1))
+        else:
+            scored.append(score_learner(path, df, args.threshold))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    results = [model_metrics(df, y, s) for s in scored]
+    figures: dict[str, Any] = {"curves": plot_curves(y, scored, out), "galleries": {}}
+    for k, s in enumerate(scored):
+        name = f"top-losses-{k}.png"
+        results[k]["top_losses"] = plot_gallery(df, y, s, channels, out, args.gallery, name)
+        figures["galleries"][s.name] = name
+    learners = [s for s in scored if s.learner is not None]
+    if learners:
+        figures["cam"] = plot_cams(df, y, learners[0], channels, out, args.cams)
+    write_report(out, args.split, df, y, results, figures, dmeta)
+    summary = {"split": args.split, "frames": len(df), "meteors": int(y.sum()),
+               "nights": sorted(df["night"].unique().tolist()),
+               "dataset": str(Path(args.data) / DATASET_META), "models": results}
+    write_json(out / "metrics.json", summary)
+    for m in results:
+        a = m["at_threshold"]
+        log.info("%s @ %.3f: recall %.4f precision %.4f FP/1000 %.2f AUC %.4f", m["name"],
+                 m["threshold"], a["recall"], a["precision"], a["fp_per_1000"], m["roc_auc"])
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--data", type=Path, required=True, help="`guaita dataset index` folder")
+    parser.add_argument("--model", type=Path, action="append", required=True,
+                        help="a `guaita train` folder / learner.pkl, or a model bundle; repeat "
+                             "to compare models in one report")
+    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--split", choices=["test", "valid", "train"], default="test")
+    parser.add_argument("--threshold", type=float,
+                        help="decision threshold for every model (default: a bundle's "
+                             "recommended threshold, 0.5 for a learner)")
+    parser.add_argument("--from-frames", action="store_true",
+                        help="bundles: re-read the JPEG pairs and preprocess as the edge does "
+                             "(slower; default scores the cached preprocessed images)")
+    parser.add_argument("--gallery", type=int, default=16, help="top-loss images per model")
+    parser.add_argument("--cams", type=int, default=6, help="Grad-CAM meteors (learners only)")
+    parser.add_argument("--threads", type=int, help="torch/onnxruntime CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        log.error("--threshold must be between 0 and 1")
+        return 2
+    try:
+        evaluate(args)
+    except TrainingError as exc:
+        log.error("%s", exc)
+        return 2
+    print(args.out / "report.md")
+    return 0
