@@ -11,7 +11,8 @@
 # Build prerequisites (Debian packages): python3 python3-venv dpkg-dev, and to compile
 # systemd-python: gcc pkg-config libsystemd-dev python3-dev. Not root: files are root:root via
 # dpkg-deb --root-owner-group. Needs PyPI unless --wheelhouse already holds every wheel.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "build_deb: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -118,17 +119,23 @@ pipw() {
     PIP_FIND_LINKS="$wheelhouse" "${pip[@]}" "$@"
 }
 
-# guaita itself from a clean copy of the source (no build/ or egg-info left in the tree).
+# guaita itself from a clean copy of the source: the project files and the top-level Python
+# packages (no build/ or egg-info left in the tree, no data directories copied).
 src="$work/src"
 mkdir -p "$src"
-tar -C "$repo" -cf - --exclude=.git --exclude=.venv --exclude=dist --exclude=build \
-    --exclude=models --exclude=tests --exclude=docs --exclude='*.egg-info' \
-    --exclude=__pycache__ --exclude=.ruff_cache --exclude=.pytest_cache --exclude=out \
-    --exclude=demo-out --exclude='*.deb' . | tar -C "$src" -xf -
+for entry in "$repo"/*; do
+    name=$(basename "$entry")
+    case "$name" in
+        pyproject.toml|setup.cfg|MANIFEST.in|README*|LICENSE*|COPYING*) cp -a "$entry" "$src/" ;;
+        *) if [ -f "$entry/__init__.py" ] && [ "$name" != tests ]; then cp -a "$entry" "$src/"; fi ;;
+    esac
+done
+find "$src" -name __pycache__ -prune -exec rm -rf {} +
 pipw wheel --wheel-dir "$wheelhouse" "setuptools>=68" wheel
 pipw wheel --no-deps --wheel-dir "$work/project" "$src"
 whl=$(ls "$work"/project/guaita-*.whl)
-pipw wheel --wheel-dir "$wheelhouse" "guaita[edge] @ file://$whl"
+# PEP 517 builds for sdists (systemd-python): isolated, with setuptools + wheel from above.
+pipw wheel --use-pep517 --wheel-dir "$wheelhouse" "guaita[edge] @ file://$whl"
 # Install from the wheelhouse only; the project wheel by path so a cached older build of the
 # same version cannot win.
 PIP_FIND_LINKS="$wheelhouse" "${pip[@]}" install --no-index --no-compile \
@@ -159,7 +166,7 @@ done < <(grep -rlIZ --fixed-strings "$venv" "$venv/bin" "$venv/pyvenv.cfg" || tr
 # unit could not hold a recompiled one).
 find "$root" -newermt "@$SOURCE_DATE_EPOCH" -exec touch --no-dereference --date="@$SOURCE_DATE_EPOCH" {} +
 "$venv/bin/python" -m compileall -q -j 0 --invalidation-mode timestamp \
-    -s "$venv" -p "$prefix" "$venv/lib" >/dev/null
+    -s "$venv" -p "$prefix" "$venv/lib"
 
 if leftovers=$(grep -rl --fixed-strings "$venv" "$root"); then
     die "staging path left in: $leftovers"

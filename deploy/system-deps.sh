@@ -7,6 +7,13 @@ pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev pkg-config)
 command -v dpkg-deb >/dev/null || need+=(dpkg-dev)
 command -v fakeroot >/dev/null || need+=(fakeroot)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# deploy/build_deb.sh: Debian's python3 + venv, readelf; tests/test_deb.py: strace, setpriv.
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null \
+    || need+=(python3 python3-venv)
+command -v readelf >/dev/null || need+=(binutils)
+command -v gcc >/dev/null || need+=(gcc python3-dev)  # systemd-python builds from source
+command -v strace >/dev/null || need+=(strace)
+command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # renders the daily page in a test
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "installing Debian packages: ${need[*]}"

@@ -114,7 +114,7 @@ class SuppressionConfig:
     streak_k_sigma: float = 3.0
     min_streak_px: float = 24.0  # shorter changes are stars, hot pixels, twinkling
     # persistence: a segment continuing the candidate's line in the previous/next frame
-    link_angle_deg: float = 8.0
+    link_angle_deg: float = 15.0  # where the pieces meet; half of it across a wider gap
     link_offset_px: float = 12.0
     link_gap_frac: float = 3.0  # largest gap along the line, as a share of the longer segment
     # Two-frame pair: a gap below this share of the longer piece is a satellite (its motion in

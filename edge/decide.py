@@ -352,7 +352,7 @@ class Decider:
             if other_entry is None:
                 continue
             for other in other_entry.link_streaks:
-                shift = _side_shift(streak, other, cfg.link_angle_deg)
+                shift = _side_shift(streak, other, 10.0)
                 best = min(best, shift)
         if best <= cfg.recur_offset_px:
             return "masked"
@@ -394,7 +394,11 @@ class Decider:
                 r = relate(a, b)
                 longer = max(a.length_px, b.length_px)
                 overlap_tol = 0.15 * min(a.length_px, b.length_px) + cfg.link_offset_px
-                if (r.angle_deg <= cfg.link_angle_deg
+                # A fisheye bends a satellite's path: allow the full angle where the pieces
+                # meet, half of it across a wider gap.
+                adjacent = r.gap_px <= cfg.satellite_gap_frac * longer + cfg.link_offset_px
+                max_angle = cfg.link_angle_deg if adjacent else cfg.link_angle_deg / 2
+                if (r.angle_deg <= max_angle
                         and r.offset_px <= cfg.link_offset_px + 0.035 * max(r.gap_px, 0.0)
                         and -overlap_tol <= r.gap_px <= cfg.link_gap_frac * longer
                         + cfg.link_offset_px):

@@ -35,6 +35,7 @@ class StreakParams:
     analysis_width: int = 640  # downscale the difference to about this width
     k_sigma: float = 3.0  # pixel threshold, in σ of the downscaled difference
     seed_k_sigma: float = 5.0  # a component must peak at least this high
+    line_k_sigma: float = 3.0  # ... and stay this bright (median) all along its line
     min_length_px: float = 24.0  # shorter blobs are stars, hot pixels, twinkling
     min_elongation: float = 4.0  # length / width of a line-like streak
     max_streaks: int = 8  # keep the strongest few per frame
@@ -50,7 +51,7 @@ class StreakParams:
             raise ValueError(f"analysis_width must be >= 32, got {self.analysis_width}")
         if self.min_dots < 3:
             raise ValueError(f"min_dots must be >= 3, got {self.min_dots}")
-        for name in ("k_sigma", "seed_k_sigma", "min_length_px", "min_elongation",
+        for name in ("k_sigma", "seed_k_sigma", "line_k_sigma", "min_length_px", "min_elongation",
                      "dot_k_sigma", "max_dot_spacing_px", "edge_k_sigma"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -351,7 +352,25 @@ class DiffAnalysis:
         if length * self.factor < p.min_length_px / 2 or (length + 1) / width < p.min_elongation:
             return None
         a, b = c + t.min() * d, c + t.max() * d
+        if self._along(a, b) < p.line_k_sigma:
+            return None
         return self._build(a, b, width * self.factor, (ys, xs))
+
+    def _along(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Median noise-normalised level along a downscaled segment (best of ±1 px across):
+        a streak is bright all along, a chain of noise hanging off a bright star is not."""
+        norm = self.norm
+        n = max(int(np.hypot(*(b - a))), 2)
+        u = (b - a) / max(float(np.hypot(*(b - a))), 1e-9)
+        t = np.linspace(0.0, 1.0, n)
+        best = np.full(n, -np.inf, np.float32)
+        for off in (-1, 0, 1):
+            xs = np.clip(np.round(a[0] + t * (b[0] - a[0]) - off * u[1]).astype(int), 0,
+                         norm.shape[1] - 1)
+            ys = np.clip(np.round(a[1] + t * (b[1] - a[1]) + off * u[0]).astype(int), 0,
+                         norm.shape[0] - 1)
+            best = np.maximum(best, norm[ys, xs])
+        return float(np.median(best))
 
     def _hough_lines(self, xs, ys, x0, y0, w, h) -> list[Streak]:
         """Straight lines inside a non-linear blob (a streak crossing another streak or a
@@ -386,9 +405,11 @@ class DiffAnalysis:
             cy = np.clip(np.round(ty).astype(int), 0, h - 1)
             if on < 0.8 or side > 0.3 or taken[cy, cx].mean() > 0.5:
                 continue
-            taken[cy, cx] = True
             a = np.array([sx1 + x0, sy1 + y0], float)
             b = np.array([sx2 + x0, sy2 + y0], float)
+            if self._along(a, b) < p.line_k_sigma:
+                continue
+            taken[cy, cx] = True
             near = np.abs((xs - a[0]) * nx + (ys - a[1]) * ny) <= 1.5
             out.append(self._build(a, b, float(self.factor), (ys[near], xs[near])))
         return out

@@ -7,6 +7,7 @@ back from disk, as the edge would.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_layout_matches_allsky(run_dir: Path):
     assert len(frames) == 24
     for night in folders:
         times = [f.captured for f in frames if f.night == night]
-        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
         assert all(29 <= g <= 31 for g in gaps), gaps
         assert times[0].hour in (18, 19, 20)  # the evening
 
@@ -161,7 +162,7 @@ def test_meteor_is_in_its_frame_only():
     checked = 0
     for i in range(1, len(frames) - 1):
         t = frames[i].truth
-        if not t["meteor"] or t["meteor"] and frames[i + 1].truth["meteor"]:
+        if not t["meteor"] or (t["meteor"] and frames[i + 1].truth["meteor"]):
             continue
         if t["meteor_peak"] < 25:
             continue
@@ -206,7 +207,7 @@ def test_satellite_continues_on_the_same_path_in_the_next_frame():
 def test_overlay_changes_every_frame_and_the_corner_does_not():
     frames = list(iter_night(clear_night(), 3, W, H, seed=2))
     grays = [jpeg_gray(f.image) for f in frames]
-    for before, after in zip(grays, grays[1:], strict=False):
+    for before, after in itertools.pairwise(grays):
         text = cv2.absdiff(before[: H // 8, : W // 3], after[: H // 8, : W // 3])
         corner = cv2.absdiff(before[-H // 8:, -W // 8:], after[-H // 8:, -W // 8:])
         assert (text > 80).sum() >= 5
@@ -410,4 +411,4 @@ def test_simulator_imports_neither_torch_nor_matplotlib():
 def test_frames_are_spaced_by_the_interval():
     params = clear_night(interval_s=60.0, jitter_s=0.0)
     times = [f.captured for f in iter_night(params, 4, 96, 72, seed=0)]
-    assert [b - a for a, b in zip(times, times[1:], strict=False)] == [timedelta(seconds=60)] * 3
+    assert [b - a for a, b in itertools.pairwise(times)] == [timedelta(seconds=60)] * 3

@@ -206,6 +206,7 @@ def test_manifest_carries_parity_metrics_and_training(bundle: Path):
 
 def test_fastai_pipeline_matches_the_exported_graph(trained: Path, indexed: Path):
     """fastai's DataLoaders (PIL, /255, Normalize) and the baked graph see the same pixels."""
+    from fastai.callback.progress import ProgressCallback
     from fastai.learner import load_learner
 
     from training.export import onnx_probs, onnx_session
@@ -213,8 +214,8 @@ def test_fastai_pipeline_matches_the_exported_graph(trained: Path, indexed: Path
     df, _ = load_index(indexed)
     test = df[df["split"] == "test"].reset_index(drop=True)
     learn = load_learner(trained / "learner.pkl", cpu=True)
-    with learn.no_bar():
-        preds, _ = learn.get_preds(dl=learn.dls.test_dl(test))
+    learn.remove_cb(ProgressCallback)
+    preds, _ = learn.get_preds(dl=learn.dls.test_dl(test))
     onnx_p = onnx_probs(onnx_session(trained / "export" / "fp32.onnx"), list(test["path"]), 3)
     assert np.abs(preds[:, 0].numpy() - onnx_p).max() < 1e-4
 

@@ -69,15 +69,16 @@ def _is_bundle(path: Path) -> bool:
 
 
 def score_learner(path: Path, df, threshold: float | None) -> Scored:
+    from fastai.callback.progress import ProgressCallback
     from fastai.learner import load_learner
 
     pkl = path / LEARNER_NAME if path.is_dir() else path
     if not pkl.is_file():
         raise TrainingError(f"{path}: no {LEARNER_NAME} (not a `guaita train` output?)")
     learn = load_learner(pkl, cpu=True)
+    learn.remove_cb(ProgressCallback)  # a batch bar per model is noise in a report run
     dl = learn.dls.test_dl(df.reset_index(drop=True), bs=64)
-    with learn.no_bar():
-        preds, _ = learn.get_preds(dl=dl)
+    preds, _ = learn.get_preds(dl=dl)
     meteor = list(learn.dls.vocab).index(METEOR)
     name = f"fastai:{pkl.parent.name}"
     info = {"path": str(pkl)}

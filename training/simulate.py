@@ -1,4 +1,4 @@
-"""``guaita simulate``: AllSky nights with ground truth, for tests, the demo, training and benchmarks.
+"""``guaita simulate``: AllSky nights with ground truth, for tests, demo, training, benchmarks.
 
 Writes exactly what AllSky writes — ``OUT/images/YYYYMMDD/image-YYYYMMDDHHMMSS.jpg`` (folder =
 the evening's date, file = local capture time, a colour JPEG every ~30 s) — plus
@@ -11,8 +11,9 @@ Units: brightness in JPEG grey levels (0–255) at the night exposure (28 s) and
 degrees; rates per frame (Poisson means); times local and naive.
 
 Camera (`training.sim.camera`)
-  Equidistant fisheye looking up, r = R·z/90°, R = 0.49·min(W, H): a sky disk with dark
-  corners, north up / east left, rotated a few degrees. Vignetting 30 % at the rim. Skyline
+  Equidistant fisheye looking up, r = R·z/90°, R = 0.49·min(W, H) (larger on 16:9 frames,
+  cut at top and bottom): a sky disk with dark corners, north up / east left, rotated a few
+  degrees. Vignetting 30 % at the rim. Skyline
   of hills, tree crowns with leaf-scale jitter and buildings (0.5–25° high), fixed per camera.
   Black level 6. Noise: σ² = 2.3² + 0.14·signal (read + shot: σ≈3 at a sky of 30, ≈4 at 80),
   slightly correlated (demosaicing), plus colour noise σ 2; hot pixels (4e-5 of pixels, one
@@ -30,27 +31,28 @@ Sky (`training.sim.sky`)
   latitude, so stars move ≈0.125° (≈0.7 px at 1304×976) between frames.
   Natural sky 15 at the zenith × van Rhijn airglow × extinction (0.25 mag/airmass).
   Light pollution: 1–3 towns (site-fixed) as domes falling off e-fold in 9° and 35° of
-  altitude, up to 75 per unit pollution at the horizon, plus 10 over the whole sky; pollution
+  altitude, up to 110 per unit pollution at the horizon, plus 10 over the whole sky; pollution
   0.35–0.8 per site, ±20 % per night, −25 % over 6 h as lights go off. Orange tint.
-  Milky Way: galactic band σ 9°, up to 6, brighter toward the galactic centre, a dark rift.
+  Milky Way: galactic band σ 9°, up to 9, brighter toward the galactic centre, a dark rift.
   Twilight: 15·(10^(0.2·(h☉+18)) − 1), i.e. ×10 per 5° of solar altitude above −18°,
   brightest low toward the Sun; `twilight` = Sun above −18°. Blue tint.
   Moon: a position at the night's start (then turning with the sky), brightness ∝
   illumination² × extinction; sky: Rayleigh (1+cos²ψ) + aureole e^(−ψ/10°) + e^(−ψ/35°);
-  glare 220/(1+ψ²) (ψ in degrees) from lens and dome, a flare ring (lens ghost) mirrored
-  through the image centre, a dome reflection opposite the Moon; a saturated core. `moon` =
-  illuminated fraction while the Moon is above the horizon.
+  glare 300·(1/(1+(ψ/1.5°)²) + 0.1·e^(−ψ/8°)) from lens and dome, a flare ring (lens
+  ghost) mirrored through the image centre, a dome reflection opposite the Moon; a
+  saturated core. `moon` = illuminated fraction while the Moon is above the horizon.
 Stars
   A random catalogue per camera concentrated toward the galactic plane, peak brightness at the
   zenith with N(> peak) ∝ peak^−1.1 (≈0.44 dex more stars per magnitude), density
-  0.021 stars/px above a peak of 1.5 (so frames of any size keep per-pixel star density, ~30 k
-  stars at 1304×976), Gaussian PSF σ 0.85 px, dimmed by extinction, glow around bright ones.
+  0.021 stars/px above a peak of 1.5 (so frames of any size keep per-pixel star density,
+  ~25 k stars on the sphere at 1304×976), Gaussian PSF σ 0.85 px, dimmed by extinction,
+  glow around bright ones.
 Clouds
   Two fractal layers (power spectrum k^−3.4 and k^−2.8) on a flat deck 1.5–4 km high,
   advected by a 4–20 m/s wind (several degrees per frame near the zenith), foreshortened
   toward the horizon. Optical depth = slant path × (κ·(T − θ) + τ₀) with θ set from the cover
   (drifting ±5–15 % over hours); opacity 1 − e^−τ hides stars and trails. Clouds shine with
-  town light (260 per unit pollution, orange), moonlight (75 for a full Moon, brightest near
+  town light (260 per unit pollution, orange), moonlight (100 for a full Moon, brightest near
   it) and twilight. `cloud_cover` = mean opacity over open sky. Haze (0–0.3 optical depth)
   and dew (forming 0.5–6 h into 20 % of clear nights, growing over 1.5 h): dimmer, wider stars
   (PSF ×4 at full dew), glow around bright stars and the Moon, brighter background.
@@ -66,9 +68,9 @@ Satellites and aircraft
   Great circles at constant angular speed. Satellites: 0.3–1.2°/s, brightness 4–60, visible
   10–58 s (1–3 consecutive frames, continuing on the same path), 15 % with a 1–2 s flare
   (×3–15); rate `satellite_rate` × sunlit fraction (1 until the Sun is 25° down, 0.15 after
-  45°). Aircraft: 0.15–0.6°/s over 3–10 frames, faint steady trail (3–15) with strobe dots
-  (peak 40–220) every 1.0–1.5 s. Truth endpoints are the brightest satellite's segment in the
-  frame.
+  45°). Aircraft: in view 3–10 frames while crossing 60–160° of sky (0.2–1.8°/s), faint
+  steady trail (3–12) with strobe dots (peak 40–220) every 1.0–2.0 s. Truth endpoints are
+  the brightest satellite's segment in the frame.
 Flashes
   `flash_rate` per frame: lightning on cloudy nights (clouds light up by 20–150) or headlights
   (a glow of 25–100 from one side, lighting the trees).
@@ -81,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time as time_mod
@@ -332,9 +335,8 @@ def format_report(rows: list[dict[str, Any]], width: int, height: int) -> str:
 # -- montage ---------------------------------------------------------------------------------
 
 
-def _montage_frames(width: int, height: int) -> list[tuple[str, np.ndarray, np.ndarray,
-                                                              dict[str, Any], np.ndarray]]:
-    """(title, previous grey, current grey, truth, current colour) for each kind of frame."""
+def _montage_frames(width: int, height: int) -> list[tuple]:
+    """(title, previous grey, current grey, truth, current colour, extra) per kind of frame."""
     dark = lambda r: r["twilight"] == "0"  # noqa: E731
     wanted = {
         "clear": lambda r: r["condition"] == "clear" and dark(r) and r["meteor"] == "0",
@@ -345,7 +347,7 @@ def _montage_frames(width: int, height: int) -> list[tuple[str, np.ndarray, np.n
         and 40 < float(r["meteor_peak"]) < 150,
         "faint meteor": lambda r: dark(r) and r["meteor"] == "1" and float(r["meteor_peak"]) < 9,
         "satellite": lambda r: dark(r) and r["satellite"] == "1" and r["meteor"] == "0"
-        and float(r["satellite_peak"]) > 15,
+        and float(r["satellite_peak"]) > 10 and _length(r, "satellite") > 80,
         "aircraft": lambda r: dark(r) and r["aircraft"] == "1" and r["meteor"] == "0",
         "flash": lambda r: dark(r) and r["flash"] == "1",
         "dusk exposure jump": lambda r: r["exposure_jump"] == "1",
@@ -366,11 +368,17 @@ def _montage_frames(width: int, height: int) -> list[tuple[str, np.ndarray, np.n
                 for title, test in wanted.items():
                     if title not in found and test(row):
                         found[title] = (title, _jpeg_gray(previous.image),
-                                        _jpeg_gray(frame.image), frame.truth, frame.image)
+                                        _jpeg_gray(frame.image), frame.truth, frame.image,
+                                        frame.extra)
             previous = frame
             if len(found) == len(wanted):
                 break
     return [found[t] for t in wanted if t in found]
+
+
+def _length(row: dict[str, str], kind: str) -> float:
+    return float(np.hypot(float(row[f"{kind}_x2"]) - float(row[f"{kind}_x1"]),
+                          float(row[f"{kind}_y2"]) - float(row[f"{kind}_y1"])))
 
 
 def _jpeg_gray(image: np.ndarray) -> np.ndarray:
@@ -380,19 +388,23 @@ def _jpeg_gray(image: np.ndarray) -> np.ndarray:
     return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
 
 
-def _zoom_box(truth: dict[str, Any], width: int, height: int) -> tuple[int, int, int, int]:
-    """A 4:3 crop around the frame's event (or the zenith), ~1/3 of the frame wide."""
+def _zoom_box(title: str, truth: dict[str, Any], extra: dict[str, Any], width: int,
+              height: int) -> tuple[int, int, int, int]:
+    """A 4:3 crop around the example's event (or the zenith), ~1/3 of the frame wide."""
     cw, ch = width // 3, height // 3
-    if truth["meteor"]:
+    if "meteor" in title:
         x = (float(truth["meteor_x1"]) + float(truth["meteor_x2"])) / 2
         y = (float(truth["meteor_y1"]) + float(truth["meteor_y2"])) / 2
         span = max(abs(float(truth["meteor_x2"]) - float(truth["meteor_x1"])),
                    abs(float(truth["meteor_y2"]) - float(truth["meteor_y1"])) * 4 / 3)
         cw = int(min(width, max(cw // 2, span * 1.3)))
         ch = int(cw * 3 / 4)
-    elif truth["satellite"]:
+    elif title == "satellite":
         x = (float(truth["satellite_x1"]) + float(truth["satellite_x2"])) / 2
         y = (float(truth["satellite_y1"]) + float(truth["satellite_y2"])) / 2
+    elif title == "aircraft":
+        x1, y1, x2, y2 = extra["aircraft_endpoints"]
+        x, y = (x1 + x2) / 2, (y1 + y2) / 2
     else:
         x, y = width / 2, height / 2
     x0 = int(min(max(0, x - cw / 2), width - cw))
@@ -418,10 +430,10 @@ def make_montage(out_png: str | Path = "docs/img/simulator-montage.png", width: 
     rows = len(examples)
     fig, axes = plt.subplots(rows, 4, figsize=(16, rows * 3.05))
     axes = np.atleast_2d(axes)
-    for r, (title, before, cur, truth, colour) in enumerate(examples):
+    for r, (title, before, cur, truth, colour, extra) in enumerate(examples):
         diff = np.minimum(positive_difference(before, cur).astype(np.float32) * 4, 255)
         rgb = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
-        x0, y0, cw, ch = _zoom_box(truth, width, height)
+        x0, y0, cw, ch = _zoom_box(title, truth, extra, width, height)
         panels = [
             (rgb, f"{title} · {truth['captured_local'][11:]} · cover {truth['cloud_cover']}"
                   f" · moon {truth['moon']}"),
@@ -445,8 +457,12 @@ def make_montage(out_png: str | Path = "docs/img/simulator-montage.png", width: 
     fig.tight_layout(pad=0.4)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=72)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=66, format="png")
     plt.close(fig)
+    # matplotlib writes RGBA; noise compresses badly, so drop alpha and squeeze harder
+    rgba = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)
+    cv2.imwrite(str(out), rgba, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     return out
 
 

@@ -123,6 +123,20 @@ def load_init_weights(model, source: Path) -> str:
     return load_from_bundle(model, source)
 
 
+def _shrink_valid(df, limit: int, seed: int):
+    """Per-epoch validation on all meteors + a random subset of the rest, `limit` in all.
+
+    Only the epoch table uses it; export chooses the threshold on every validation frame.
+    """
+    valid = df[df["is_valid"]]
+    meteors = valid[valid["label"] == METEOR]
+    rest = valid[valid["label"] != METEOR]
+    keep = rest.sample(max(0, min(len(rest), limit - len(meteors))), random_state=seed)
+    import pandas as pd
+
+    return pd.concat([df[~df["is_valid"]], meteors, keep])
+
+
 def _recalibrate(learn, dls, n_batches: int = 8) -> None:
     """After loading a bundle: BatchNorm statistics from this data (see _onnx_weights)."""
     import itertools
@@ -165,6 +179,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary = data_summary(df, dmeta)  # all splits: the bundle names its test nights too
     df = df[df["split"].isin(["train", "valid"])].copy()
     df["is_valid"] = df["split"] == "valid"
+    if args.valid_max and df["is_valid"].sum() > args.valid_max:
+        df = _shrink_valid(df, args.valid_max, args.seed)
     n_train = int((~df["is_valid"]).sum())
     if n_train == 0 or not df["is_valid"].any():
         raise TrainingError(f"{args.data}: need both train and valid nights")
@@ -248,6 +264,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "lr": lr,
         "lr_find_suggestion": suggestion,
         "batch_size": args.batch_size,
+        "valid_frames_per_epoch": int(df["is_valid"].sum()),
         "balance": args.balance,
         "neg_ratio": args.neg_ratio if args.balance == "undersample" else None,
         "class_weights": weights,
@@ -310,6 +327,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "inverse-frequency weighted loss")
     parser.add_argument("--neg-ratio", type=float, default=1.0,
                         help="undersample: non-meteors drawn per meteor each epoch (default 1)")
+    parser.add_argument("--valid-max", type=int, default=0,
+                        help="validate each epoch on at most this many frames (all meteors "
+                             "first; 0 = all): saves time on CPU")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--fp16", action="store_true", help="mixed precision (CUDA only)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

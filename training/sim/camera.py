@@ -6,8 +6,10 @@ same hot pixels. Built once and cached, because the full-resolution maps cost ~0
 
 Geometry: an equidistant fisheye (r = R · zenith angle / 90°) looking straight up, north up and
 east left as seen from below, rotated by a few degrees as real mounts are; the sky disk fits the
-short side (R = 0.49 · min(W, H)) so the corners are dark. Per-pixel work that is smooth over the
-sky (background, clouds, glare) runs on a low-resolution grid and is upsampled.
+short side (R = 0.49 · min(W, H)) so the corners are dark; on wider frames (16:9) the circle
+grows with the aspect ratio (×4/3 at 16:9) and is cut at the top and bottom. Per-pixel work
+that is smooth over the sky (background, clouds, glare) runs on a low-resolution grid and is
+upsampled.
 """
 
 from __future__ import annotations
@@ -176,7 +178,10 @@ def build_camera(width: int, height: int, seed: int) -> Camera:
     short = min(width, height)
     cx = width / 2 - 0.5 + rng.uniform(-0.01, 0.01) * short
     cy = height / 2 - 0.5 + rng.uniform(-0.01, 0.01) * short
-    radius = 0.49 * short
+    # 4:3 sensors fit the whole sky disk on the short side; on wider ones (16:9) the circle is
+    # larger and cut at the top and bottom, as on most full-frame all-sky cameras
+    aspect = max(width, height) / short
+    radius = 0.49 * short * (float(np.clip(aspect * 3 / 4, 1.0, 1.35)) if aspect > 1.5 else 1.0)
     rotation = rng.uniform(-12, 12) * DEG
     px_per_deg = radius / 90.0
     horizon = _horizon_profile(rng)
@@ -235,7 +240,7 @@ def build_camera(width: int, height: int, seed: int) -> Camera:
     cam.lp_broad_low = (0.6 + 0.4 * (1 - cos_z) ** 2).astype(np.float32)
 
     # clouds live on a flat layer: tan z in units of the layer's height, capped near the horizon
-    tan_z = np.sqrt(sin2z) / np.maximum(cos_z, 0.08)
+    tan_z = np.sqrt(sin2z) / np.maximum(cos_z, 0.03)
     cam.cloud_u0 = (tan_z * enu_low[..., 0] / np.sqrt(np.maximum(sin2z, 1e-9))).astype(np.float32)
     cam.cloud_v0 = (tan_z * enu_low[..., 1] / np.sqrt(np.maximum(sin2z, 1e-9))).astype(np.float32)
     cam.cloud_path = np.minimum(1.0 / np.maximum(cos_z, 0.05), 5.0).astype(np.float32)
@@ -257,7 +262,7 @@ def draw_overlay(image: np.ndarray, lines: list[str]) -> None:
     """AllSky's default text block, top-left, white, in place."""
     scale = max(0.25, min(image.shape[0], image.shape[1]) / 976 * 0.7)
     thick = 1 if scale < 0.9 else 2
-    step = int(round(28 * scale)) + 2
+    step = round(28 * scale) + 2
     y = step
     for line in lines:
         cv2.putText(image, line, (int(8 * scale) + 2, y), FONT, scale, (235, 235, 235), thick,

@@ -296,7 +296,7 @@ class NightRenderer:
 
     def _sky_ok(self, x: float, y: float) -> bool:
         cam = self.cam
-        xi, yi = int(round(x)), int(round(y))
+        xi, yi = round(x), round(y)
         if not (0 <= xi < cam.width and 0 <= yi < cam.height):
             return False
         return bool(cam.sky_vis[yi, xi] > 0.3)
@@ -377,7 +377,7 @@ class NightRenderer:
 
         truth_meteor: tuple | None = None
         truth_sat: tuple | None = None
-        aircraft = False
+        aircraft: tuple | None = None
         for kind, patch, obj in patches:
             clipped = patch.clip_to(cam.height, cam.width)
             if clipped is None:
@@ -397,8 +397,8 @@ class NightRenderer:
             elif kind == "satellite":
                 if truth_sat is None or top > truth_sat[4]:
                     truth_sat = (*patch.endpoints, top)
-            elif kind == "aircraft":
-                aircraft = True
+            elif kind == "aircraft" and (aircraft is None or top > aircraft[4]):
+                aircraft = (*patch.endpoints, top)
 
         luma = (sky_full + trans_full * point) * cam.sky_vis
         luma += (0.12 * light.horizon_level * scale) * cam.silhouette
@@ -409,12 +409,14 @@ class NightRenderer:
             luma += cv2.resize(fmap, size, interpolation=cv2.INTER_LINEAR) * cam.disk
 
         image = self._sensor(luma, light, scale, exposure, t, captured, gain)
-        truth = self._truth(index, captured, truth_meteor, truth_sat, aircraft, light.cloud_cover,
+        truth = self._truth(index, captured, truth_meteor, truth_sat, aircraft is not None,
+                            light.cloud_cover,
                             p.moon_illumination if moon_up else 0.0, sun_alt > -18.0, flash,
                             jump)
         extra = {"exposure_s": exposure, "gain": gain, "sun_altitude": sun_alt,
                  "sky_median": sky_med * scale + camera_mod.PEDESTAL,
-                 "satellite_peak": truth_sat[4] if truth_sat else 0.0}
+                 "satellite_peak": truth_sat[4] if truth_sat else 0.0,
+                 "aircraft_endpoints": aircraft[:4] if aircraft else None}
         return SimFrame(captured=captured, image=image, truth=truth, extra=extra)
 
     def _sensor(self, luma: np.ndarray, light: SkyLight, scale: float, exposure: float,
@@ -516,5 +518,5 @@ def iter_night(params: NightParams, frames: int, width: int = 1304, height: int 
     for index in range(frames):
         if index:
             t += params.interval_s + timing.uniform(-params.jitter_s, params.jitter_s)
-        seconds = int(round(t))
+        seconds = round(t)
         yield renderer.render(index, float(seconds), start + timedelta(seconds=seconds))

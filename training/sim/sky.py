@@ -85,7 +85,7 @@ class Clouds:
         px_per_rad = 2 * cam.radius / math.pi / cam.factor
         self.blend = [
             np.clip((np.log2(np.maximum(self.SIZE / p * sec2 / px_per_rad, 1e-3)) - 0.5) / 1.5,
-                    0, 2).astype(np.float32)
+                    0, 3).astype(np.float32)
             for p in self.period
         ]
         speed = wind_speed / (height_km * 1000.0)  # cloud heights per second
@@ -122,8 +122,10 @@ class Clouds:
             lv = [cv2.remap(t, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
                   for t in self.levels[i]]
             b = self.blend[i]
+            # level 3 is the texture's mean (0): far off, the deck averages out into a bank
             sample = np.where(b < 1, lv[0] + b * (lv[1] - lv[0]),
-                              lv[1] + (b - 1) * (lv[2] - lv[1]))
+                              np.where(b < 2, lv[1] + (b - 1) * (lv[2] - lv[1]),
+                                       lv[2] * (3 - b)))
             total += self.weights[i] * sample
         total /= self.norm
         theta = float(np.quantile(self.sorted, 1.0 - min(cover, 0.999)))

@@ -62,11 +62,11 @@ def render_points(x: np.ndarray, y: np.ndarray, w: np.ndarray, sigma: float,
     """Splat weighted points into a patch around them and blur with a Gaussian PSF."""
     if len(x) == 0:
         return None
-    margin = int(math.ceil(4 * sigma)) + 2
-    x0 = int(math.floor(x.min())) - margin
-    y0 = int(math.floor(y.min())) - margin
-    x1 = int(math.ceil(x.max())) + margin
-    y1 = int(math.ceil(y.max())) + margin
+    margin = math.ceil(4 * sigma) + 2
+    x0 = math.floor(x.min()) - margin
+    y0 = math.floor(y.min()) - margin
+    x1 = math.ceil(x.max()) + margin
+    y1 = math.ceil(y.max()) + margin
     patch = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.float32)
     splat(patch, x - x0, y - y0, w.astype(np.float32))
     patch = cv2.GaussianBlur(patch, (0, 0), sigma)
@@ -75,8 +75,8 @@ def render_points(x: np.ndarray, y: np.ndarray, w: np.ndarray, sigma: float,
 
 def gaussian_blob(x: float, y: float, sigma: float, peak: float) -> Patch:
     """A round blob (moon core, strobe) as a patch."""
-    margin = int(math.ceil(4 * sigma)) + 1
-    x0, y0 = int(math.floor(x)) - margin, int(math.floor(y)) - margin
+    margin = math.ceil(4 * sigma) + 1
+    x0, y0 = math.floor(x) - margin, math.floor(y) - margin
     n = 2 * margin + 2
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     blob = peak * np.exp(-((xx + x0 - x) ** 2 + (yy + y0 - y) ** 2) / (2 * sigma**2))
@@ -111,7 +111,7 @@ class Meteor:
         return math.hypot(self.x2 - self.x1, self.y2 - self.y1)
 
     def render(self, sigma: float, gain: float) -> list[Patch]:
-        n = max(2, int(math.ceil(self.length / 0.5)) + 1)
+        n = max(2, math.ceil(self.length / 0.5) + 1)
         s = np.linspace(0.0, 1.0, n)
         prof = s**self.a * (1 - s) ** self.b
         prof /= prof.max()
@@ -214,7 +214,7 @@ class Track:
         a, b = max(t0, self.t_start), min(t1, self.t_end)
         if b <= a:
             return None
-        n = max(2, int(math.ceil(self.omega * (b - a) * cam.radius / 0.5)) + 1)
+        n = max(2, math.ceil(self.omega * (b - a) * cam.radius / 0.5) + 1)
         t = np.linspace(a, b, n)
         pos = self.position(t)
         up = pos[:, 2] > 0.0
