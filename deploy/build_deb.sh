@@ -8,12 +8,17 @@
 #
 # Wheels are platform-specific, so the arch is the build machine's: build the arm64 package on
 # an arm64 machine (a Pi 4/5 with 64-bit Raspberry Pi OS) or in an arm64 chroot.
-# Build prerequisites (Debian packages): python3 python3-venv dpkg-dev, and to compile
+# Build prerequisites (Debian packages): python3 python3-venv dpkg-dev binutils, and to compile
 # systemd-python: gcc pkg-config libsystemd-dev python3-dev. Not root: files are root:root via
-# dpkg-deb --root-owner-group. Needs PyPI unless --wheelhouse already holds every wheel.
+# dpkg-deb --root-owner-group. Needs PyPI unless --wheelhouse already holds every wheel
+# (--offline: never go online). --compress: xz (default, smallest), zstd (fast), gzip.
+# The whole script is one block: bash parses it before running, so editing this file during a
+# build cannot change the build halfway.
+{
 set -Eeuo pipefail
 trap 'echo "build_deb: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
+export PATH="$PATH:/usr/sbin:/sbin"  # ldconfig, for a non-root build
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 prefix=/opt/guaita
@@ -40,7 +45,7 @@ while [ $# -gt 0 ]; do
         --wheelhouse) wheelhouse=${2:?}; shift 2 ;;
         --offline) offline=1; shift ;;
         --compress) compress=${2:?}; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -194,11 +199,12 @@ if [ "$have_model" = 1 ]; then
     find "$root/usr/share/guaita/models/default" -name __pycache__ -prune -exec rm -rf {} +
 fi
 
-# The shipped config and model must load with the shipped code.
-"$venv/bin/python" -m edge.cli check-config --config "$root/etc/guaita.toml" >/dev/null \
+# The shipped config and model must load with the shipped code (-I: the venv's copy, not the
+# source tree in the current directory).
+"$venv/bin/python" -I -m edge.cli check-config --config "$root/etc/guaita.toml" >/dev/null \
     || die "edge/default_config.toml fails check-config"
 if [ "$have_model" = 1 ]; then
-    "$venv/bin/python" -c 'import sys; from edge.bundle import load_bundle; load_bundle(sys.argv[1])' \
+    "$venv/bin/python" -I -c 'import sys; from edge.bundle import load_bundle; load_bundle(sys.argv[1])' \
         "$root/usr/share/guaita/models/default" || die "the model bundle at $model does not load"
 fi
 # The checks above ran Python; any bytecode they wrote recorded the already clamped source mtimes.
@@ -216,20 +222,24 @@ install -m 0644 "$here/debian/conffiles" "$root/DEBIAN/conffiles"
 # Depends: the interpreter the venv links to, plus the system libraries that compiled modules
 # load and their wheels do not bundle (NEEDED entries → ldconfig → the owning package).
 owner_of() {  # a library path → its Debian package; tries both sides of merged /usr
-    local p
+    local p cand found
     for p in "$1" "$(readlink -f "$1")"; do
         for cand in "$p" "${p#/usr}" "/usr$p"; do
-            dpkg -S "$cand" 2>/dev/null | head -n1 | cut -d: -f1 && return 0
+            if found=$(dpkg -S "$cand" 2>/dev/null); then
+                echo "${found%%:*}"
+                return 0
+            fi
         done
     done
     return 1
 }
 bundled=$(find "$venv" -name '*.so*' -printf '%f\n' | sort -u)
+libcache=$(ldconfig -p)
 depends="python$pyver, adduser"
 for soname in $(find "$venv" -type f -name '*.so*' -print0 | xargs -0 -r readelf -d 2>/dev/null \
                 | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u); do
     grep -qxF "$soname" <<<"$bundled" && continue
-    path=$(ldconfig -p | awk -v s="$soname" '$1 == s {print $NF; exit}')
+    path=$(awk -v s="$soname" '$1 == s {print $NF; exit}' <<<"$libcache")
     if [ -z "$path" ] || ! pkg=$(owner_of "$path"); then
         say "WARNING: no package found for $soname (needed by the venv); not in Depends"
         continue
@@ -248,7 +258,6 @@ Depends: $depends
 Recommends: systemd
 Section: science
 Priority: optional
-Homepage: https://github.com/guaita/guaita
 Description: meteor detection for AllSky cameras
  guaita watches the frames an AllSky camera writes, scores each pair of consecutive frames
  with a small neural network (onnxruntime), and publishes meteor detections over MQTT with
@@ -260,3 +269,5 @@ deb="$out/guaita_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Z"$compress" --build "$root" "$deb" >/dev/null
 say "built $deb ($(du -h "$deb" | cut -f1), installed $((installed_kb / 1024)) MiB)"
 echo "$deb"
+exit 0
+}

@@ -3,7 +3,6 @@
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev pkg-config)
 command -v dpkg-deb >/dev/null || need+=(dpkg-dev)
 command -v fakeroot >/dev/null || need+=(fakeroot)
 command -v systemd-analyze >/dev/null || need+=(systemd)
@@ -11,7 +10,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null \
     || need+=(python3 python3-venv)
 command -v readelf >/dev/null || need+=(binutils)
-command -v gcc >/dev/null || need+=(gcc python3-dev)  # systemd-python builds from source
+command -v gcc >/dev/null || need+=(gcc python3-dev)  # any sdist without a wheel
 command -v strace >/dev/null || need+=(strace)
 command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # renders the daily page in a test

@@ -55,7 +55,6 @@ class DetectionConfig:
     max_gap_s: float = 180.0  # a previous frame older than this is not a valid reference
     mask: str = ""  # optional mask image: black = ignore
     mask_rects: list[list[int]] = field(default_factory=list)  # [[x, y, w, h], ...] to ignore
-    scan_extensions: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png"])
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,8 @@ class SuppressionConfig:
     aircraft_single_frame: bool = True  # a dotted row alone is an aircraft too
     # whole-frame changes
     flash_k_sigma: float = 3.0
-    flash_keep_streak_px: float = 150.0  # a streak this long in a flash frame is kept (0 = off)
+    flash_keep_streak_px: float = 100.0  # a sharp streak this long in a flash frame is kept
+    # (a fireball lights the sky); 0 = off
     # masks
     auto_mask_share: float = 0.25  # pixels changing in this share of frames are masked
     auto_mask_warmup: int = 60  # frames before the learned mask applies
@@ -139,6 +139,11 @@ class SuppressionConfig:
     # clouds
     cloud: bool = True
     cloudy_star_density: float = 8.0  # star pixels per 10,000 below which a frame is cloudy
+    # A streak whose light across it is wider than this (full width at half maximum, px) is
+    # the soft moving edge of a cloud when the frame shows clouds moving (diffuse change over
+    # at least cloud_diffuse_share of it, or few stars). Meteors and satellites are 2-4 px.
+    cloud_min_fwhm_px: float = 6.0
+    cloud_diffuse_share: float = 0.002
 
 
 @dataclass(frozen=True)
@@ -338,6 +343,10 @@ def _validate(cfg: Config) -> None:
         bad("suppression.auto_mask_warmup", "must be >= 1")
     if s.cloudy_star_density < 0:
         bad("suppression.cloudy_star_density", "must be >= 0")
+    if s.cloud_min_fwhm_px <= 0:
+        bad("suppression.cloud_min_fwhm_px", "must be positive")
+    if not 0 < s.cloud_diffuse_share <= 1:
+        bad("suppression.cloud_diffuse_share", "must be in (0, 1]")
     u = cfg.updates
     if u.enabled and not u.bucket:
         bad("updates.bucket", "required when updates.enabled = true")

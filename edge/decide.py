@@ -262,7 +262,8 @@ class Decider:
         streaks = entry.analysis.streaks
         if entry.flash:
             keep = self.cfg.flash_keep_streak_px
-            if not (keep > 0 and any(s.length_px >= keep for s in streaks)):
+            sharp = [s for s in streaks if s.fwhm_px < self.cfg.cloud_min_fwhm_px]
+            if not (keep > 0 and any(s.length_px >= keep for s in sharp)):
                 return done("flash", streaks[0] if streaks else None, streaks)
             flags.append("streak_in_flash")  # a fireball lights the sky: keep it
 
@@ -274,8 +275,6 @@ class Decider:
         open_ = [s for s, r in zip(streaks, reasons, strict=True) if r is None]
         if not open_:
             return done(reasons[0], streaks[0], streaks)
-        if self._cloud_fragments(entry, open_, flags):
-            return done("cloud", open_[0], streaks)
         for reason in sorted({r for r in reasons if r}, key=REASONS.index):
             flags.append(f"also_{reason}")  # e.g. a satellite elsewhere in a meteor's frame
         return done(None, open_[0], streaks)
@@ -290,13 +289,17 @@ class Decider:
             verdict = self._persistence(entry, i, nxt, flags)
             if verdict is not None:
                 return verdict or None
-        recurring = self._recurring(entry, streak, nxt)
+        recurring = self._recurring(entry, streak, nxt, flags)
         if recurring is not None:
             flags.append("recurring")
             return recurring
         if cfg.aircraft_single_frame and streak.dotted:
             flags.append("dotted")
             return "aircraft"
+        if cfg.cloud and streak.fwhm_px >= cfg.cloud_min_fwhm_px and self._cloud_evidence(
+                entry, flags):
+            flags.append("soft_edge")  # a band far wider than the optics draw a trail
+            return "cloud"
         return None
 
     def _persistence(self, entry: _Entry, i: int, nxt: _Entry | None,
@@ -339,11 +342,12 @@ class Decider:
             return ""
         return "duplicate"
 
-    def _recurring(self, entry: _Entry, streak: Streak, nxt: _Entry | None) -> str | None:
+    def _recurring(self, entry: _Entry, streak: Streak, nxt: _Entry | None,
+                   flags: list[str]) -> str | None:
         """A streak seen again at (nearly) the same place in the frame before or after: the
         Moon's limb, a lit edge, a cloud edge drifting sideways. A meteor never repeats.
-        "masked" when it barely moved (a fixed feature a mask should cover), "cloud" when it
-        drifted up to recur_cloud_px on a cloudy frame."""
+        "cloud" when clouds are moving in the frame (it may have drifted up to recur_cloud_px),
+        else "masked" if it barely moved (a fixed feature a mask should cover)."""
         cfg = self.cfg
         if cfg.recur_offset_px <= 0:
             return None
@@ -354,11 +358,12 @@ class Decider:
             for other in other_entry.link_streaks:
                 shift = _side_shift(streak, other, 10.0)
                 best = min(best, shift)
-        if best <= cfg.recur_offset_px:
-            return "masked"
-        if best <= cfg.recur_cloud_px and cfg.cloud and self._cloudy(entry, []):
+        if best > max(cfg.recur_offset_px, cfg.recur_cloud_px if cfg.cloud else 0.0):
+            return None
+        clouds = cfg.cloud and self._cloud_evidence(entry, flags)
+        if clouds:
             return "cloud"
-        return None
+        return "masked" if best <= cfg.recur_offset_px else None
 
     def _prev_links(self, entry: _Entry) -> dict[int, int]:
         if entry.prev_links is None:
@@ -444,6 +449,18 @@ class Decider:
             flags.append("cloudy")
         return cloudy
 
+    def _cloud_evidence(self, entry: _Entry, flags: list[str]) -> bool:
+        """Clouds moving in this frame: much diffuse change, or several soft-edged streaks.
+        (Not star visibility alone: dew on the dome hides stars and blurs a meteor too.)"""
+        analysis = entry.analysis
+        diffuse = sum(len(b.pixels[0]) for b in analysis.blobs)
+        soft = sum(s.fwhm_px >= self.cfg.cloud_min_fwhm_px for s in analysis.streaks)
+        if diffuse >= self.cfg.cloud_diffuse_share * analysis.small.size or soft >= 3:
+            if "cloud_motion" not in flags:
+                flags.append("cloud_motion")
+            return True
+        return False
+
     def _diffuse_reason(self, entry: _Entry, flags: list[str]) -> str | None:
         """No streak: changes all inside masked pixels, or diffuse changes on a cloudy frame."""
         blobs = entry.analysis.blobs
@@ -456,22 +473,6 @@ class Decider:
         if self.cfg.cloud and self._cloudy(entry, flags):
             return "cloud"
         return None
-
-    def _cloud_fragments(self, entry: _Entry, open_: list[Streak], flags: list[str]) -> bool:
-        """Unexplained streaks that are only short, weak pieces of a much larger diffuse change
-        on a cloudy frame. Never true for a clear line (long, or standing well out)."""
-        if not self.cfg.cloud:
-            return False
-        blobs = entry.analysis.blobs
-        diffuse = sum(len(b.pixels[0]) for b in blobs)
-        linear = sum(len(s.pixels[0]) for s in open_)
-        if not blobs or diffuse < 3 * max(linear, 1):
-            return False
-        short = 2 * self.cfg.min_streak_px
-        if any(s.length_px >= short or s.elongation >= 2 * self.params.min_elongation
-               for s in open_):
-            return False
-        return self._cloudy(entry, flags)
 
 
 def _side_shift(a: Streak, b: Streak, max_angle: float) -> float:

@@ -38,17 +38,20 @@ class StreakParams:
     line_k_sigma: float = 3.0  # ... and stay this bright (median) all along its line
     min_length_px: float = 24.0  # shorter blobs are stars, hot pixels, twinkling
     min_elongation: float = 4.0  # length / width of a line-like streak
-    max_streaks: int = 8  # keep the strongest few per frame
+    max_streaks: int = 24  # keep the strongest per frame (cloudy frames have many edges)
     max_components: int = 60  # large components examined per frame (cloudy frames have many)
     dot_k_sigma: float = 5.0  # isolated dots (aircraft strobes) must peak this high
     min_dots: int = 5  # a dotted row needs this many regularly spaced dots
     max_dot_spacing_px: float = 30.0
-    tile: int = 32  # local noise is measured in tiles of this many downscaled pixels
+    tile: int = 40  # local noise is measured in tiles of this many downscaled pixels
+    ridge_window: int = 11  # median window that removes diffuse change (odd, downscaled px)
     edge_k_sigma: float = 3.0  # endpoint refinement level on the full-resolution profile
 
     def __post_init__(self) -> None:
         if self.analysis_width < 32:
             raise ValueError(f"analysis_width must be >= 32, got {self.analysis_width}")
+        if self.ridge_window < 3 or self.ridge_window % 2 == 0:
+            raise ValueError(f"ridge_window must be odd and >= 3, got {self.ridge_window}")
         if self.min_dots < 3:
             raise ValueError(f"min_dots must be >= 3, got {self.min_dots}")
         for name in ("k_sigma", "seed_k_sigma", "line_k_sigma", "min_length_px", "min_elongation",
@@ -70,7 +73,7 @@ class Streak:
     kind: str = "line"  # "line" or "dotted"
     dots: int = 0  # periodic peaks or dots found along it
     period_px: float = 0.0  # their median spacing
-    flatness: float = 0.0  # 1 = evenly bright along its length, 0 = unknown (see _flatness)
+    fwhm_px: float = 0.0  # width of the light across it at half maximum, 0 = unknown
     # Downscaled pixels that make it up (for mask tests); not part of its identity.
     pixels: tuple[np.ndarray, np.ndarray] = field(
         default=(np.zeros(0, np.int32), np.zeros(0, np.int32)), compare=False, repr=False
@@ -178,9 +181,11 @@ def merge(a: Streak, b: Streak) -> Streak:
     ys = np.concatenate([a.pixels[0], b.pixels[0]])
     xs = np.concatenate([a.pixels[1], b.pixels[1]])
     kind = "dotted" if (a.dotted or b.dotted) else "line"
+    widths = [w for w in (a.fwhm_px, b.fwhm_px) if w > 0]
     return Streak(*_ordered(p[0], p[1], q[0], q[1]), width_px=max(a.width_px, b.width_px),
                   peak=max(a.peak, b.peak), kind=kind, dots=a.dots + b.dots,
-                  period_px=max(a.period_px, b.period_px), pixels=(ys, xs))
+                  period_px=max(a.period_px, b.period_px),
+                  fwhm_px=min(widths) if widths else 0.0, pixels=(ys, xs))
 
 
 # ------------------------------------------------------------------ per-frame analysis
@@ -256,36 +261,55 @@ class DiffAnalysis:
         """Share of downscaled pixels brighter than base + k·spread."""
         return float(np.count_nonzero(self.small > base + k * spread)) / self.small.size
 
-    @cached_property
-    def norm(self) -> np.ndarray:
-        """The downscaled difference in units of its *local* noise: shot noise is several times
-        higher near the Moon, in twilight or under lit cloud than in a dark sky, so one global
-        σ would either miss faint streaks in the dark or find noise everywhere near the Moon."""
-        small, t = self.small, self.params.tile
-        h, w = small.shape
+    def _local_norm(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`image` in units of its *local* noise, and that noise per pixel. Shot noise is
+        several times higher near the Moon, in twilight or under lit cloud than in a dark sky:
+        one global σ would miss faint streaks in the dark or find noise all around the Moon."""
+        t = self.params.tile
+        h, w = image.shape
         ny, nx = max(1, h // t), max(1, w // t)
         th, tw = h // ny, w // nx
-        tiles = small[: ny * th, : nx * tw].reshape(ny, th, nx, tw)[:, ::2, :, ::2]
+        tiles = image[: ny * th, : nx * tw].reshape(ny, th, nx, tw)[:, ::2, :, ::2]
         values = tiles.transpose(0, 2, 1, 3).reshape(ny, nx, -1)
-        q50, q84 = np.percentile(values, (50, 84), axis=2)
-        spread = np.maximum(q84 - q50, max(0.7 * self.spread, 0.25)).astype(np.float32)
+        # q75 − q50 (= 0.674 σ) tolerates a bright streak covering up to a quarter of a tile.
+        q50, q75 = np.percentile(values, (50, 75), axis=2)
+        spread = np.maximum((q75 - q50) / 0.674, max(0.7 * self.spread, 0.25)).astype(np.float32)
         size = (w, h)
         base = cv2.resize(q50.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
         spread = cv2.resize(spread, size, interpolation=cv2.INTER_LINEAR)
-        self._spread_map = spread
-        return (small - base) / spread
+        return (image - base) / spread, spread
+
+    @cached_property
+    def norm(self) -> np.ndarray:
+        """The downscaled difference in units of its local noise (diffuse changes included)."""
+        norm, self._spread_map = self._local_norm(self.small)
+        return norm
+
+    @cached_property
+    def ridge(self) -> np.ndarray:
+        """Thin structure only, in local noise units: the downscaled difference minus its
+        running median over ridge_window pixels. The median follows the diffuse change of
+        clouds, glows and twilight, so a meteor crossing a moving cloud stands out as it
+        would on open sky; lines up to about half the window wide survive."""
+        k = self.params.ridge_window
+        level = np.clip(self.small + 0.5, 0, 255).astype(np.uint8)
+        background = cv2.medianBlur(level, k).astype(np.float32)
+        ridge, _ = self._local_norm(self.small - background)
+        return ridge
 
     def _noise_scale(self, x: float, y: float) -> float:
         """Local noise at full-frame (x, y) relative to the frame's typical noise."""
-        spread = getattr(self, "_spread_map", None)
-        if spread is None:
-            return 1.0
+        _ = self.norm  # measures the local noise map
+        spread = self._spread_map
         xi = min(max(int(x / self.scale[0]), 0), spread.shape[1] - 1)
         yi = min(max(int(y / self.scale[1]), 0), spread.shape[0] - 1)
         return max(1.0, float(spread[yi, xi]) / self.spread)
 
     def to_full(self, x: float, y: float) -> tuple[float, float]:
         return (x + 0.5) * self.scale[0] - 0.5, (y + 0.5) * self.scale[1] - 0.5
+
+    def to_small(self, x: float, y: float) -> tuple[float, float]:
+        return (x + 0.5) / self.scale[0] - 0.5, (y + 0.5) / self.scale[1] - 0.5
 
     # -- on demand
 
@@ -298,7 +322,10 @@ class DiffAnalysis:
     @cached_property
     def _found(self) -> tuple[list[Streak], list[Blob]]:
         lines, blobs = self._components()
-        lines = _merge_fragments(lines + self._dot_rows(), self.factor)
+        # A row of dots lying on a found line is that line's own texture (the ridge filter
+        # pits a wide trail); whether a line is dotted is for its light profile to say.
+        rows = [r for r in self._dot_rows() if not any(_covers(s, r) for s in lines)]
+        lines = _merge_fragments(lines + rows, self.factor)
         lines = [s for s in lines if s.length_px >= self.params.min_length_px]
         lines.sort(key=lambda s: s.strength, reverse=True)
         return lines[: self.params.max_streaks], blobs
@@ -313,36 +340,66 @@ class DiffAnalysis:
         """Significant changed regions that are not line-like."""
         return self._found[1]
 
-    def _components(self) -> tuple[list[Streak], list[Blob]]:
-        p = self.params
-        binary = (self.norm >= p.k_sigma).astype(np.uint8)
+    def _labels(self, image: np.ndarray, k: float):
+        binary = (image >= k).astype(np.uint8)
         grown = cv2.dilate(binary, _KERNEL3)  # bridge one-pixel breaks in faint streaks
         _, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
-        min_len = p.min_length_px / self.factor
         extent = np.hypot(stats[1:, 2] - 2, stats[1:, 3] - 2)
-        # Half-length pieces too: a faint streak breaks into collinear fragments, merged below.
+        return binary, labels, stats, extent
+
+    def _components(self) -> tuple[list[Streak], list[Blob]]:
+        """Line-like components of the ridge image (thin lines, also across moving clouds)
+        and of the plain normalised image (wide, bright trails the ridge filter hollows out);
+        the rest of the plain image's large components are the diffuse blobs."""
+        lines, _ = self._lines_in(self.ridge, hough=True)
+        wide, rest = self._lines_in(self.norm, hough=False)
+        lines = _merge_fragments(lines + wide, self.factor)
+        return lines, self._blobs(rest, lines)
+
+    def _lines_in(self, image: np.ndarray, hough: bool):
+        p = self.params
+        min_len = p.min_length_px / self.factor
+        binary, labels, stats, extent = self._labels(image, p.k_sigma)
+        # Half-length pieces too: a faint streak breaks into collinear fragments, merged later.
         big = np.nonzero(extent >= min_len / 2)[0] + 1
         big = big[np.argsort(-stats[big, cv2.CC_STAT_AREA])][: p.max_components]
         lines: list[Streak] = []
-        blobs: list[Blob] = []
+        rest: list[tuple[np.ndarray, np.ndarray]] = []
         for i in big:
             x, y, w, h = stats[i, :4]
             crop = (labels[y:y + h, x:x + w] == i) & (binary[y:y + h, x:x + w] > 0)
             ys, xs = np.nonzero(crop)
-            if len(xs) < 3 or self.norm[y:y + h, x:x + w][crop].max() < p.seed_k_sigma:
+            if len(xs) < 3 or image[y:y + h, x:x + w][crop].max() < p.seed_k_sigma:
                 continue
             ys, xs = ys + y, xs + x
-            streak = self._fit_line(xs, ys)
+            streak = self._fit_line(xs, ys, image)
             if streak is not None:
                 lines.append(streak)
             elif extent[i - 1] >= min_len:
-                if extent[i - 1] >= 2 * min_len:
+                rest.append((ys, xs))
+                if hough and extent[i - 1] >= 2 * min_len:  # lines crossing each other
                     lines += self._hough_lines(xs, ys, x, y, w, h)
-                _, _, l1, l2 = _pca(xs.astype(float), ys.astype(float))
-                blobs.append(Blob((ys, xs), math.sqrt(l1 / max(l2, 1 / 12))))
-        return lines, blobs
+        return lines, rest
 
-    def _fit_line(self, xs: np.ndarray, ys: np.ndarray) -> Streak | None:
+    def _blobs(self, rest: list[tuple[np.ndarray, np.ndarray]],
+               lines: list[Streak]) -> list[Blob]:
+        """The non-line components, less the pixels along any streak."""
+        near = np.zeros(self.small.shape, np.uint8)
+        for s in lines:
+            a, b = self.to_small(s.x1, s.y1), self.to_small(s.x2, s.y2)
+            cv2.line(near, (round(a[0]), round(a[1])), (round(b[0]), round(b[1])), 1,
+                     int(2 * s.width_px / self.factor + 3))
+        blobs = []
+        for ys, xs in rest:
+            keep = near[ys, xs] == 0
+            if np.count_nonzero(keep) < 3:
+                continue
+            ys, xs = ys[keep], xs[keep]
+            _, _, l1, l2 = _pca(xs.astype(float), ys.astype(float))
+            blobs.append(Blob((ys, xs), math.sqrt(l1 / max(l2, 1 / 12))))
+        return blobs
+
+    def _fit_line(self, xs: np.ndarray, ys: np.ndarray, image: np.ndarray) -> Streak | None:
         """A Streak if these downscaled pixels form a line (or a piece of one), else None."""
         p = self.params
         c, d, _, across = _pca(xs.astype(float), ys.astype(float))
@@ -352,14 +409,14 @@ class DiffAnalysis:
         if length * self.factor < p.min_length_px / 2 or (length + 1) / width < p.min_elongation:
             return None
         a, b = c + t.min() * d, c + t.max() * d
-        if self._along(a, b) < p.line_k_sigma:
+        if self._along(a, b, image) < p.line_k_sigma:
             return None
         return self._build(a, b, width * self.factor, (ys, xs))
 
-    def _along(self, a: np.ndarray, b: np.ndarray) -> float:
+    def _along(self, a: np.ndarray, b: np.ndarray, image: np.ndarray) -> float:
         """Median noise-normalised level along a downscaled segment (best of ±1 px across):
         a streak is bright all along, a chain of noise hanging off a bright star is not."""
-        norm = self.norm
+        norm = image
         n = max(int(np.hypot(*(b - a))), 2)
         u = (b - a) / max(float(np.hypot(*(b - a))), 1e-9)
         t = np.linspace(0.0, 1.0, n)
@@ -407,7 +464,7 @@ class DiffAnalysis:
                 continue
             a = np.array([sx1 + x0, sy1 + y0], float)
             b = np.array([sx2 + x0, sy2 + y0], float)
-            if self._along(a, b) < p.line_k_sigma:
+            if self._along(a, b, self.ridge) < p.line_k_sigma:
                 continue
             taken[cy, cx] = True
             near = np.abs((xs - a[0]) * nx + (ys - a[1]) * ny) <= 1.5
@@ -419,23 +476,32 @@ class DiffAnalysis:
         """Downscaled endpoints → full-frame Streak, refined on the full-resolution profile."""
         x1, y1 = self.to_full(*a)
         x2, y2 = self.to_full(*b)
-        x1, y1, x2, y2, peak, dots, period, flat = self._refine(x1, y1, x2, y2)
+        x1, y1, x2, y2, peak, dots, period, fwhm = self._refine(x1, y1, x2, y2)
+        h, w = self.difference.shape
+        x1, x2 = min(max(x1, 0.0), w - 1.0), min(max(x2, 0.0), w - 1.0)
+        y1, y2 = min(max(y1, 0.0), h - 1.0), min(max(y2, 0.0), h - 1.0)
         kind = "dotted" if dots else "line"
         return Streak(*_ordered(x1, y1, x2, y2), width_px=width, peak=peak, kind=kind,
-                      dots=dots, period_px=period, flatness=flat, pixels=pixels)
+                      dots=dots, period_px=period, fwhm_px=fwhm, pixels=pixels)
 
-    def _profile(self, x1, y1, ux, uy, t0, t1, half) -> tuple[np.ndarray, np.ndarray]:
-        """Max of the full-resolution difference across ±half pixels, every pixel along."""
-        diff = self.difference
+    def _sample(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        """The full-resolution difference at sub-pixel points, bilinear (0 outside): nearest
+        sampling along a tilted line beats against the pixel grid into fake periodic dots."""
+        out = cv2.remap(self.difference, px.astype(np.float32), py.astype(np.float32),
+                        interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=0)
+        return out.astype(np.float32)
+
+    def _profile(self, x1, y1, ux, uy, t0, t1, half) -> tuple[np.ndarray, np.ndarray,
+                                                              np.ndarray]:
+        """Every pixel along the line: the max and the sum of the full-resolution difference
+        across ±half pixels (the max finds the trail's ends; the sum is its light per pixel of
+        length, free of the pixel-grid ripple an anti-aliased thin line has in its max)."""
         ts = np.arange(t0, t1 + 0.5, 1.0)
         offs = np.arange(-half, half + 1, dtype=float)
-        px = x1 + ts[:, None] * ux - offs[None, :] * uy
-        py = y1 + ts[:, None] * uy + offs[None, :] * ux
-        xi, yi = np.round(px).astype(int), np.round(py).astype(int)
-        inside = (xi >= 0) & (yi >= 0) & (xi < diff.shape[1]) & (yi < diff.shape[0])
-        vals = np.where(inside, diff[np.clip(yi, 0, diff.shape[0] - 1),
-                                     np.clip(xi, 0, diff.shape[1] - 1)], 0)
-        return ts, vals.max(axis=1).astype(np.float32)
+        vals = self._sample(x1 + ts[:, None] * ux - offs[None, :] * uy,
+                            y1 + ts[:, None] * uy + offs[None, :] * ux)
+        return ts, vals.max(axis=1), vals.sum(axis=1)
 
     def _refine(self, x1, y1, x2, y2):
         """Endpoints where the full-resolution profile falls to half its typical level, the
@@ -446,7 +512,7 @@ class DiffAnalysis:
         ux, uy = (x2 - x1) / length, (y2 - y1) / length
         f = self.factor
         margin, half = 3 * f + 4, f + 1
-        ts, prof = self._profile(x1, y1, ux, uy, -margin, length + margin, half)
+        ts, prof, light = self._profile(x1, y1, ux, uy, -margin, length + margin, half)
         base, sigma = self.full_noise
         sigma *= self._noise_scale((x1 + x2) / 2, (y1 + y2) / 2)
         inner = (ts >= 0) & (ts <= length)
@@ -465,10 +531,76 @@ class DiffAnalysis:
                     t_lo, t_hi = lo, hi
         seg = (ts >= t_lo) & (ts <= t_hi)
         peak = float(prof[seg].max()) if seg.any() else 0.0
-        dots, period = self._periodic(ts[seg], prof[seg], base, sigma)
-        flat = self._flatness(x1, y1, ux, uy, t_lo, t_hi, half, base, sigma)
+        width = 2 * half + 1
+        dots, period = self._periodic(ts[seg], light[seg] - width * base,
+                                      sigma * math.sqrt(width))
+        fwhm = self._cross_width(x1, y1, ux, uy, t_lo, t_hi)
         return (x1 + t_lo * ux, y1 + t_lo * uy, x1 + t_hi * ux, y1 + t_hi * uy, peak, dots,
-                period, flat)
+                period, fwhm)
+
+    def _cross_width(self, x1, y1, ux, uy, t_lo, t_hi, reach: int = 16) -> float:
+        """Full width at half maximum of the light across the trail, full pixels: a meteor or
+        satellite is as sharp as the optics (a few px); the moving edge of a cloud is a soft
+        band as wide as the cloud moved. Rows are averaged in groups of four and re-centred
+        on their peak (the fitted axis may be a pixel off at the ends), then the median row
+        is measured above the brighter of its two outer flanks (a trail crossing a cloud
+        front sits on a pedestal on one side)."""
+        ts = np.arange(t_lo, t_hi + 0.5, 1.0)
+        groups = len(ts) // 4
+        if groups < 3:
+            return 0.0
+        ts = ts[: 4 * groups]
+        offs = np.arange(-reach - 3, reach + 4, dtype=float)
+        vals = self._sample(x1 + ts[:, None] * ux - offs[None, :] * uy,
+                            y1 + ts[:, None] * uy + offs[None, :] * ux)
+        rows = vals.reshape(groups, 4, -1).mean(axis=1)
+        mid = reach + 3
+        shift = np.argmax(rows[:, mid - 3: mid + 4], axis=1) - 3
+        idx = mid + shift[:, None] + np.arange(-reach, reach + 1)[None, :]
+        prof = np.median(np.take_along_axis(rows, idx, axis=1), axis=0)
+        base = max(float(np.median(prof[:4])), float(np.median(prof[-4:])))
+        top = float(prof[reach]) - base
+        if top <= 0:  # as bright out at ±reach as on the axis: a band wider than we look
+            return float(2 * reach + 1)
+        above = prof - base >= 0.5 * top
+        lo = hi = reach
+        while lo > 0 and above[lo - 1]:
+            lo -= 1
+        while hi < len(prof) - 1 and above[hi + 1]:
+            hi += 1
+        return float(hi - lo + 1)
+
+    def _cross_width(self, x1, y1, ux, uy, t_lo, t_hi, reach: int = 16) -> float:
+        """Full width at half maximum of the light across the trail, full pixels: a meteor or
+        satellite is as sharp as the optics (a few px); the moving edge of a cloud is a soft
+        band as wide as the cloud moved. Rows are averaged in groups of four and re-centred
+        on their peak (the fitted axis may be a pixel off at the ends), then the median row
+        is measured above the brighter of its two outer flanks (a trail crossing a cloud
+        front sits on a pedestal on one side)."""
+        ts = np.arange(t_lo, t_hi + 0.5, 1.0)
+        groups = len(ts) // 4
+        if groups < 3:
+            return 0.0
+        ts = ts[: 4 * groups]
+        offs = np.arange(-reach - 3, reach + 4, dtype=float)
+        vals = self._sample(x1 + ts[:, None] * ux - offs[None, :] * uy,
+                            y1 + ts[:, None] * uy + offs[None, :] * ux)
+        rows = vals.reshape(groups, 4, -1).mean(axis=1)
+        mid = reach + 3
+        shift = np.argmax(rows[:, mid - 3: mid + 4], axis=1) - 3
+        idx = mid + shift[:, None] + np.arange(-reach, reach + 1)[None, :]
+        prof = np.median(np.take_along_axis(rows, idx, axis=1), axis=0)
+        base = max(float(np.median(prof[:4])), float(np.median(prof[-4:])))
+        top = float(prof[reach]) - base
+        if top <= 0:  # as bright out at ±reach as on the axis: a band wider than we look
+            return float(2 * reach + 1)
+        above = prof - base >= 0.5 * top
+        lo = hi = reach
+        while lo > 0 and above[lo - 1]:
+            lo -= 1
+        while hi < len(prof) - 1 and above[hi + 1]:
+            hi += 1
+        return float(hi - lo + 1)
 
     def _flatness(self, x1, y1, ux, uy, t_lo, t_hi, half, base, sigma) -> float:
         """How evenly bright the trail is: 20th / 80th percentile of its light per pixel of
@@ -496,12 +628,14 @@ class DiffAnalysis:
             return 0.0
         return float(max(q20, 0.0) / q80)
 
-    def _periodic(self, ts, prof, base, sigma) -> tuple[int, float]:
-        """Count of regularly spaced, deeply modulated peaks (strobes), 0 if not periodic."""
+    def _periodic(self, ts, prof, sigma) -> tuple[int, float]:
+        """Count of regularly spaced, deeply modulated peaks (strobes) in a light profile
+        above its background, 0 if not periodic."""
         p = self.params
+        base = 0.0
         if len(prof) < 5:
             return 0, 0.0
-        level = base + p.dot_k_sigma * sigma
+        level = p.dot_k_sigma * sigma
         local = (prof[1:-1] >= prof[:-2]) & (prof[1:-1] > prof[2:]) & (prof[1:-1] >= level)
         idx = np.nonzero(local)[0] + 1
         if len(idx) < p.min_dots:
@@ -533,7 +667,7 @@ class DiffAnalysis:
     def _dot_rows(self) -> list[Streak]:
         """Rows of isolated, evenly spaced bright dots: strobes without a visible steady light."""
         p = self.params
-        binary = (self.norm >= p.dot_k_sigma).astype(np.uint8)
+        binary = (self.ridge >= p.dot_k_sigma).astype(np.uint8)
         n, _, stats, cents = cv2.connectedComponentsWithStats(binary, connectivity=8)
         if n - 1 < max(p.min_dots, 6):
             return []
@@ -612,6 +746,13 @@ def _chain(t: np.ndarray, i_pos: float, max_gap: float, min_gap: float) -> np.nd
         members.insert(0, k)
         last = t[k]
     return np.array(members, int)
+
+
+def _covers(line: Streak, other: Streak) -> bool:
+    """Whether `other` lies along `line`, mostly within its length."""
+    r = relate(line, other)
+    return (r.angle_deg <= 5.0 and -r.gap_px >= 0.5 * other.length_px
+            and r.offset_px <= line.width_px + 4.0)
 
 
 def _merge_fragments(lines: list[Streak], factor: int) -> list[Streak]:

@@ -35,6 +35,15 @@ class Arrival:
     seen_monotonic: float  # when the file was complete: start of the latency clock
 
 
+def _ends_complete(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-2, 2)
+            return fh.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, sink: queue.Queue[Arrival]) -> None:
         self._sink = sink
@@ -53,6 +62,14 @@ class _Handler(FileSystemEventHandler):
             self._offer(event.dest_path)
 
     def on_created(self, event: DirCreatedEvent) -> None:  # type: ignore[override]
+        if not event.is_directory:
+            # A frame moved in from outside the tree arrives as "created", complete; a frame
+            # being copied also starts as "created" but is not complete yet: its close event
+            # follows. Offer only files that already end with the JPEG end-of-image marker.
+            path = event.src_path
+            if _ends_complete(path.decode() if isinstance(path, bytes) else path):
+                self._offer(path)
+            return
         # inotify watches a new night folder only after it exists: a frame copied into it
         # before the watch was added sends no close event, so look inside once. A frame still
         # being written is refused as truncated and comes back with its own close event.

@@ -199,6 +199,11 @@ def test_manifest_carries_parity_metrics_and_training(bundle: Path):
     cal = data["metrics"]["calibration"]
     assert set(cal["valid"]) == {"minmax", "entropy", "percentile"}
     assert cal["chosen"] in cal["valid"]
+    # Three calibrations, three different int8 graphs (entropy used to fall back to MinMax).
+    work = bundle.parent / "model" / "export"
+    blobs = {m: (work / f"int8-{m}.onnx").read_bytes() for m in cal["valid"]}
+    assert len(set(blobs.values())) == 3
+    assert (bundle / "model.onnx").read_bytes() == blobs[cal["chosen"]]
     assert data["training"]["arch"] == "resnet18" and data["training"]["pretrained"] is False
     assert data["training"]["data"]["splits"]["test"]["frames"] == parity["frames"]
     assert "validation" in data["threshold_rule"]
@@ -277,9 +282,14 @@ def test_bundle_weights_come_back_for_fine_tuning(bundle: Path, indexed: Path, t
 def test_fine_tune_from_bundle(bundle: Path, indexed: Path, tmp_path: Path):
     out = tmp_path / "tuned"
     rc = main(["train", "--data", str(indexed), "--out", str(out), "--init-from", str(bundle),
-               "--epochs", "1", "--freeze-epochs", "0", "--no-lr-find", "--lr", "1e-3",
+               "--epochs", "1", "--freeze-epochs", "0", "--lr-find", "--balance", "weighted",
                "--batch-size", "16", "--threads", THREADS, "--quiet"])
     assert rc == 0
     meta = json.loads((out / "train.json").read_text())
     assert meta["started_from"].startswith("bundle")
     assert meta["schedule"].startswith("fine_tune")
+    assert meta["balance"] == "weighted" and len(meta["class_weights"]) == 2
+    # lr_find ran, its suggestion was used and its plot kept
+    assert math.isfinite(meta["lr_find_suggestion"]) and meta["lr"] == meta["lr_find_suggestion"]
+    assert (out / "lr_find.png").is_file()
+    assert (out / "history.csv").read_text().count("\n") == 2  # header + one epoch

@@ -157,6 +157,11 @@ def test_index_writes_pngs_and_refuses_empty_input(tmp_path: Path):
     assert load_input(out / rows[0]["path"], 1).shape == (32, 32, 1)
     with pytest.raises(TrainingError):
         dataset.build_index([], out, PreprocessSpec(), progress=False)
+    # --all-in test: a labelled set kept whole for evaluating a model
+    dataset.build_index(labelled, out, PreprocessSpec(id="v4", size=32), all_in="test",
+                        progress=False)
+    with open(out / "index.csv", newline="") as fh:
+        assert {r["split"] for r in csv.DictReader(fh)} == {"test"}
 
 
 # ---------------------------------------------------------------- metrics

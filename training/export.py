@@ -102,7 +102,8 @@ def export_onnx(net, channels: int, size: int, path: Path, classes: list[str]) -
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    onnx.save(model, str(path))  # weights inline: one self-contained file
+    Path(f"{path}.data").unlink(missing_ok=True)  # the exporter's external weights, now stale
     return path
 
 
@@ -155,15 +156,43 @@ def quantize(pre_path: Path, out_path: Path, reader: _Reader, method: str) -> Pa
     keep_float = [n.name for n in onnx.load(str(pre_path)).graph.node
                   if n.op_type in ("Softmax", "BatchNormalization")]
     reader.rewind()
+    cache = None
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print
+        if method == "entropy":
+            # quantize_static cannot pass num_bins, and its default (128 bins for 128 quantized
+            # levels) leaves entropy nothing to choose: it returns MinMax's ranges. Calibrate
+            # here with a finer histogram and hand quantize_static the ranges.
+            cache = _entropy_ranges(pre_path, reader, out_path.with_suffix(".calib.json"))
         quantize_static(
-            str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            str(pre_path), str(out_path), None if cache else reader,
+            quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             nodes_to_exclude=keep_float,
             extra_options={"CalibMovingAverage": False},
+            calibration_cache_path=str(cache) if cache else None,
         )
     return out_path
+
+
+def _entropy_ranges(pre_path: Path, reader: _Reader, cache: Path, bins: int = 2048) -> Path:
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    cache.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="guaita-calib-") as tmp:
+        calibrator = create_calibrator(
+            pre_path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": bins, "num_quantized_bins": 128},
+        )
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), cache)
+    reader.rewind()
+    return cache
+
 
 
 def pick_calibration(candidates: dict[str, dict[str, Any]]) -> str:

@@ -166,6 +166,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from fastai.vision.all import (
         CrossEntropyLossFlat,
+        CSVLogger,
         Precision,
         Recall,
         accuracy,
@@ -206,9 +207,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if list(dls.vocab) != list(CLASSES):
         raise TrainingError(f"unexpected class vocabulary {list(dls.vocab)}")
     metrics = [accuracy, Recall(pos_label=0), Precision(pos_label=0)]
+    args.out.mkdir(parents=True, exist_ok=True)
     learn = vision_learner(dls, arch_fn(args.arch), pretrained=pre["pretrained"], normalize=False,
                            loss_func=loss_func, metrics=metrics, n_out=len(CLASSES),
-                           path=args.out, model_dir=".")
+                           path=args.out, model_dir=".",
+                           # one line per epoch as it ends: progress you can tail, even --quiet
+                           cbs=[CSVLogger(fname=str(args.out / "history.csv"))])
     if args.init_from:
         pre["started_from"] = load_init_weights(learn.model, args.init_from)
         _recalibrate(learn, dls)
@@ -247,6 +251,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(learn.model.state_dict(), args.out / WEIGHTS_NAME)
+    learn.remove_cb(CSVLogger)  # its open file handle would travel into the pickle
     learn.export(args.out / LEARNER_NAME)
     names = list(learn.recorder.metric_names[1:-1])
     history = [dict(zip(names, (float(v) for v in row), strict=False))

@@ -26,7 +26,8 @@ RATE=${RATE:-0.25}           # meteors per frame, raised from a real ~0.01 so po
 WIDTH=${WIDTH:-1304}
 HEIGHT=${HEIGHT:-976}
 SIZE=${SIZE:-160}            # model input; 224 is ~2x slower to train on CPU
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-5}
+BATCH=${BATCH:-16}           # small batches: more updates from the few images a CPU can afford
 LR=${LR:-5e-3}
 BALANCE=${BALANCE:-undersample}
 NEG_RATIO=${NEG_RATIO:-1}
@@ -65,7 +66,7 @@ if ((UNTIL < 3)); then exit 0; fi
 
 log "3/5 train resnet18 from scratch ($BALANCE, $EPOCHS epochs, lr $LR)"
 "$GUAITA" train --data "$WORK/data" --out "$WORK/model" --arch resnet18 --no-pretrained \
-  --epochs "$EPOCHS" --no-lr-find --lr "$LR" --balance "$BALANCE" --neg-ratio "$NEG_RATIO" \
+  --epochs "$EPOCHS" --batch-size "$BATCH" --no-lr-find --lr "$LR" --balance "$BALANCE" --neg-ratio "$NEG_RATIO" \
   --valid-max 600 --threads "$THREADS" --seed "$SEED" --quiet
 
 log "4/5 export: ONNX, int8 (calibrations compared), threshold on validation, parity on test"

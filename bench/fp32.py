@@ -1,0 +1,89 @@
+"""guaita's fp32 twin of the shipped int8 bundle, for the cost comparison.
+
+Preferred: the fp32 ONNX the export step wrote next to the trained model
+(``$WORK/model/export/fp32.onnx`` of the shipped recipe), checked against the bundle's scores.
+When that work folder is gone (a fresh clone), the int8 QDQ graph is turned back into an fp32
+graph: every weight's DequantizeLinear is folded into a float initializer and every activation
+QuantizeLinear→DequantizeLinear pair is bypassed. The result has the same operators and shapes
+as the exported fp32 graph (whose BatchNorms the int8 graph had already folded), so it costs
+the same to run; its scores differ from the true fp32 model by the int8 rounding of the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edge.bundle import Bundle, write_bundle
+
+
+def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float graph computing what the QDQ graph computes without the (de)quantization."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = list(graph.node)
+    produced_by = {out: n for n in nodes for out in n.output}
+    rename: dict[str, str] = {}
+    drop: set[int] = set()
+    new_inits: list[onnx.TensorProto] = []
+
+    for node in nodes:
+        if node.op_type != "DequantizeLinear":
+            continue
+        source = node.input[0]
+        if source in inits:  # a stored weight or bias: fold into a float initializer
+            q = numpy_helper.to_array(inits[source]).astype(np.float32)
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            zero = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+                    if len(node.input) > 2 and node.input[2] else np.float32(0))
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and q.ndim > 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), np.reshape(zero, shape if np.ndim(zero) else ())
+            new_inits.append(numpy_helper.from_array((q - zero) * scale, node.output[0]))
+            drop.add(id(node))
+            continue
+        quant = produced_by.get(source)
+        if quant is not None and quant.op_type == "QuantizeLinear":
+            rename[node.output[0]] = quant.input[0]
+            drop.update((id(node), id(quant)))
+
+    def resolve(name: str) -> str:
+        while name in rename:
+            name = rename[name]
+        return name
+
+    kept = [n for n in nodes if id(n) not in drop]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = resolve(name)
+    outputs = {o.name for o in graph.output}
+    bridges = [helper.make_node("Identity", [resolve(name)], [name])
+               for name in outputs if name in rename]
+    used = {name for n in kept + bridges for name in n.input}
+    keep_inits = [i for i in graph.initializer if i.name in used] + \
+        [i for i in new_inits if i.name in used]
+    del graph.node[:]
+    graph.node.extend(kept + bridges)
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits)
+    onnx.checker.check_model(model)
+    return model
+
+
+def fp32_bundle(int8: Bundle, out_dir: Path, exported: Path | None = None) -> tuple[Bundle, str]:
+    """Write an fp32 bundle with the int8 bundle's manifest; returns it and where it came from."""
+    if exported is not None and exported.is_file():
+        data = onnx.load(str(exported)).SerializeToString()  # weights may sit in a .data file
+        origin = f"the export step's own fp32 graph ({exported})"
+    else:
+        data = strip_qdq(onnx.load(str(int8.model_path))).SerializeToString()
+        origin = "the shipped int8 graph with its quantization removed (bench/fp32.py)"
+    fields = int8.manifest.to_dict()
+    fields["name"] = f"{int8.manifest.name}-fp32"
+    fields["training"] = dict(fields.get("training") or {}) | {"precision": "fp32"}
+    return write_bundle(out_dir, data, fields), origin

@@ -1,0 +1,522 @@
+"""The decider's rules (edge/decide.py) on synthetic sequences: noisy frames with satellites,
+aircraft, meteors, flashes, a text overlay and clouds drawn in with OpenCV."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import ConfigError, SuppressionConfig, parse_config
+from edge.decide import REASONS, AutoMask, Decider, Decision, Observation
+from edge.frames import Frame
+from edge.preprocess import positive_difference
+
+H, W = 488, 652
+T0 = datetime(2024, 8, 12, 22, 0, 0)
+Draw = Callable[[np.ndarray], None]
+
+
+def frame_at(i: int, seconds: float = 30.0, night: str = "20240812") -> Frame:
+    captured = T0 + timedelta(seconds=seconds * i)
+    return Frame(night, captured, Path(f"/images/{night}/image-{captured:%Y%m%d%H%M%S}.jpg"))
+
+
+class Night:
+    """Renders frames (noise + stars + whatever each frame draws) and feeds a Decider."""
+
+    def __init__(self, seed: int = 0, stars: int = 1200, cfg: SuppressionConfig | None = None,
+                 auto_mask: AutoMask | None = None, sky: float = 30.0):
+        self.rng = np.random.default_rng(seed)
+        base = np.full((H, W), sky, np.float32)
+        ys, xs = self.rng.integers(0, H, stars), self.rng.integers(0, W, stars)
+        base[ys, xs] += self.rng.uniform(30, 200, stars)
+        self.base = cv2.GaussianBlur(base, (0, 0), 0.8)
+        self.decider = Decider(cfg or SuppressionConfig(), interval_s=30.0, auto_mask=auto_mask)
+        self.prev: np.ndarray | None = None
+        self.index = 0
+        self.decisions: list[Decision] = []
+        self.pushed: list[Frame] = []
+        self.clock = 0.0
+
+    def render(self, draw: Draw | None = None, scale: float = 1.0, add: float = 0.0,
+               sky: np.ndarray | None = None) -> np.ndarray:
+        image = (self.base if sky is None else sky) * scale + add
+        image = image + self.rng.normal(0, 3.5, (H, W))
+        if draw is not None:
+            layer = np.zeros((H, W), np.float32)
+            draw(layer)
+            image = image + layer
+        return np.clip(image, 0, 255).astype(np.uint8)
+
+    def push(self, score: float = 0.01, draw: Draw | None = None, **render) -> list[Decision]:
+        cur = self.render(draw, **render)
+        if self.prev is None:
+            self.prev = self.render()
+        diff = positive_difference(self.prev, cur)
+        if self.decider.auto_mask is not None:
+            self.decider.auto_mask.update(diff)
+        self.index += 1
+        frame = frame_at(self.index)
+        self.pushed.append(frame)
+        self.clock += 30.0
+        out = self.decider.push(Observation(frame, cur, diff, score, 0.5), now=self.clock)
+        self.decisions += out
+        self.prev = cur
+        return out
+
+    def quiet(self, n: int) -> None:
+        for _ in range(n):
+            self.push()
+
+    def finish(self) -> dict[str, Decision]:
+        self.decisions += self.decider.flush()
+        assert [d.frame for d in self.decisions] == self.pushed  # one each, in order
+        return {d.frame.name: d for d in self.decisions}
+
+    def name(self, k: int) -> str:
+        return self.pushed[k - 1].name
+
+
+def seg(p1, p2, amp: float = 40.0, thickness: int = 1) -> Draw:
+    def draw(layer: np.ndarray) -> None:
+        cv2.line(layer, (int(p1[0]), int(p1[1])), (int(p2[0]), int(p2[1])), float(amp),
+                 thickness, lineType=cv2.LINE_AA)
+    return draw
+
+
+def both(*draws: Draw) -> Draw:
+    def draw(layer: np.ndarray) -> None:
+        for d in draws:
+            d(layer)
+    return draw
+
+
+def satellite(k: int, start=(60.0, 80.0), step=(110.0, 40.0), dead: float = 0.07) -> Draw:
+    """Piece k of a satellite track: one exposure's worth, a short dead-time gap between."""
+    x0 = start[0] + k * step[0]
+    y0 = start[1] + k * step[1]
+    return seg((x0, y0), (x0 + (1 - dead) * step[0], y0 + (1 - dead) * step[1]), 35)
+
+
+def strobes(k: int, start=(80.0, 420.0), step=(120.0, -25.0), spacing: float = 12.0) -> Draw:
+    """Piece k of an aircraft: a faint steady light with a bright strobe every `spacing` px."""
+    def draw(layer: np.ndarray) -> None:
+        x0, y0 = start[0] + k * step[0], start[1] + k * step[1]
+        x1, y1 = x0 + 0.93 * step[0], y0 + 0.93 * step[1]
+        seg((x0, y0), (x1, y1), 6)(layer)
+        n = int(np.hypot(x1 - x0, y1 - y0) // spacing)
+        for j in range(n + 1):
+            f = j / max(n, 1)
+            cv2.circle(layer, (int(x0 + f * (x1 - x0)), int(y0 + f * (y1 - y0))), 1, 110.0, -1)
+    return draw
+
+
+METEOR = seg((300, 250), (420, 330), 60, 2)
+
+
+# ------------------------------------------------------------------ ordering and latency
+
+
+def test_every_observation_gets_one_decision_in_order_and_candidates_wait_one_frame():
+    night = Night(1)
+    assert len(night.push()) == 1  # a non-candidate is final at once
+    assert night.push(0.9, METEOR) == []  # a candidate waits for the next frame
+    assert night.decider.pending == 1
+    released = night.push()
+    assert [d.frame for d in released] == night.pushed[1:3]
+    assert night.push(0.9, seg((100, 400), (200, 300), 50, 2)) == []
+    assert night.push(0.8, seg((500, 100), (600, 60), 50, 2)) != []
+    decisions = night.finish()  # flush releases the last pending candidate
+    assert len(decisions) == 5
+    last = decisions[night.name(5)]
+    assert "no_next_frame" in last.flags and last.alert
+    assert night.decider.pending == 0 and night.decider.flush() == []
+
+
+def test_single_frame_meteor_is_an_alert_with_its_geometry():
+    night = Night(2)
+    night.quiet(2)
+    night.push(0.95, METEOR)
+    night.quiet(2)
+    d = night.finish()[night.name(3)]
+    assert d.detected and d.alert and d.suppressed is None
+    assert d.streak is not None
+    assert abs(d.streak["x1"] - 300) <= 3 and abs(d.streak["y1"] - 250) <= 3
+    assert abs(d.streak["x2"] - 420) <= 3 and abs(d.streak["y2"] - 330) <= 3
+    assert d.current is not None and d.difference.shape == (H, W)
+    assert night.decider.counters["alerts"] == 1
+
+
+def test_satellite_over_three_frames_is_suppressed_in_every_frame():
+    night = Night(3)
+    night.quiet(1)
+    for k in range(3):
+        night.push(0.9, satellite(k))
+    night.quiet(2)
+    decisions = night.finish()
+    for k in range(3):
+        d = decisions[night.name(2 + k)]
+        assert d.suppressed == "satellite", (k, d.flags)
+        assert d.streak is not None
+    assert night.decider.counters["satellite"] == 3
+
+
+def test_satellite_found_even_when_its_neighbours_scored_low():
+    night = Night(4)
+    night.quiet(1)
+    night.push(0.1, satellite(0))
+    night.push(0.9, satellite(1))  # only the middle frame is a candidate
+    night.push(0.1, satellite(2))
+    night.quiet(1)
+    d = night.finish()[night.name(3)]
+    assert d.suppressed == "satellite"
+    assert "persistent_3_frames" in d.flags
+
+
+def test_two_frame_satellite_with_uneven_pieces_is_a_satellite():
+    # It entered the frame late: a short first piece, a full second one, then shadow.
+    night = Night(5)
+    night.quiet(1)
+    night.push(0.9, seg((200, 200), (260, 222), 35))
+    night.push(0.9, seg((266, 224), (400, 273), 35))
+    night.quiet(1)
+    decisions = night.finish()
+    assert decisions[night.name(2)].suppressed == "satellite"
+    assert decisions[night.name(3)].suppressed == "satellite"
+
+
+def test_aircraft_with_strobes_is_suppressed_as_aircraft():
+    night = Night(6)
+    night.quiet(1)
+    for k in range(4):
+        night.push(0.9, strobes(k))
+    night.quiet(1)
+    decisions = night.finish()
+    for k in range(4):
+        d = decisions[night.name(2 + k)]
+        assert d.suppressed == "aircraft", (k, d.flags)
+    assert night.decider.counters["aircraft"] == 4
+
+
+def test_a_lone_row_of_strobe_dots_is_an_aircraft():
+    def dots(layer: np.ndarray) -> None:
+        for j in range(9):
+            cv2.circle(layer, (200 + 15 * j, 150 + 6 * j), 1, 120.0, -1)
+
+    night = Night(7)
+    night.quiet(1)
+    night.push(0.9, dots)
+    night.quiet(1)
+    d = night.finish()[night.name(2)]
+    assert d.suppressed == "aircraft" and "dotted" in d.flags
+
+    no_single = dataclasses.replace(SuppressionConfig(), aircraft_single_frame=False)
+    night = Night(7, cfg=no_single)
+    night.quiet(1)
+    night.push(0.9, dots)
+    night.quiet(1)
+    assert night.finish()[night.name(2)].alert
+
+
+def test_meteor_beside_a_satellite_is_still_an_alert():
+    night = Night(8)
+    night.quiet(1)
+    night.push(0.9, satellite(0))
+    night.push(0.97, both(satellite(1), seg((150, 380), (260, 460), 60, 2)))
+    night.push(0.9, satellite(2))
+    night.quiet(1)
+    decisions = night.finish()
+    middle = decisions[night.name(3)]
+    assert middle.alert
+    assert "also_satellite" in middle.flags
+    assert middle.streak is not None and abs(middle.streak["x1"] - 150) < 5
+    assert decisions[night.name(2)].suppressed == "satellite"
+    assert decisions[night.name(4)].suppressed == "satellite"
+
+
+def test_meteor_split_over_two_frames_keeps_the_stronger_half():
+    # The dead time between exposures leaves a wide gap between the two pieces.
+    night = Night(9)
+    night.quiet(1)
+    night.push(0.95, seg((100, 100), (180, 140), 70, 2))
+    night.push(0.70, seg((300, 200), (340, 220), 40, 2))
+    night.quiet(1)
+    decisions = night.finish()
+    first, second = decisions[night.name(2)], decisions[night.name(3)]
+    assert first.alert and "split_meteor" in first.flags
+    assert second.suppressed == "duplicate"
+    # ... and the other way round when the second half scored higher.
+    night = Night(9)
+    night.quiet(1)
+    night.push(0.60, seg((100, 100), (180, 140), 40, 2))
+    night.push(0.90, seg((300, 200), (340, 220), 70, 2))
+    night.quiet(1)
+    decisions = night.finish()
+    assert decisions[night.name(2)].suppressed == "duplicate"
+    assert decisions[night.name(3)].alert
+
+
+def test_split_meteor_rule_can_be_turned_off():
+    cfg = dataclasses.replace(SuppressionConfig(), duplicates=False)
+    night = Night(9, cfg=cfg)
+    night.quiet(1)
+    night.push(0.95, seg((100, 100), (180, 140), 70, 2))
+    night.push(0.70, seg((300, 200), (340, 220), 40, 2))
+    night.quiet(1)
+    decisions = night.finish()
+    assert decisions[night.name(2)].alert and decisions[night.name(3)].alert
+
+
+def test_flash_and_dawn_exposure_jump_are_suppressed():
+    night = Night(10)
+    night.quiet(3)
+    night.push(0.9, add=45.0)  # lightning / headlights: everything brighter
+    night.quiet(3)
+    night.push(0.9, scale=1.6)  # dawn: auto-exposure steps up, the sky jumps
+    night.quiet(1)
+    decisions = night.finish()
+    for k in (4, 8):
+        d = decisions[night.name(k)]
+        assert d.suppressed == "flash", k
+        assert "whole_frame_change" in d.flags
+    assert night.decider.counters["flash"] == 2
+    # A non-candidate flash is only flagged.
+    assert all(d.suppressed is None for n, d in decisions.items()
+               if n not in (night.name(4), night.name(8)))
+
+
+def test_a_long_bright_streak_in_a_flash_frame_is_kept():
+    night = Night(11)
+    night.quiet(3)
+    night.push(0.99, seg((80, 60), (560, 420), 120, 3), add=45.0)  # a fireball lights the sky
+    night.quiet(1)
+    d = night.finish()[night.name(4)]
+    assert d.alert and "streak_in_flash" in d.flags and "whole_frame_change" in d.flags
+
+
+def test_streak_inside_learned_overlay_mask_is_masked():
+    auto = AutoMask(warmup=20, learn_width=W)
+    night = Night(12, auto_mask=auto)
+
+    def overlay(i: int) -> Draw:
+        def draw(layer: np.ndarray) -> None:
+            text = np.zeros(layer.shape, np.uint8)
+            cv2.putText(text, f"{i * 7 % 100:02d}{i * 13 % 100:02d}{i % 89:02d}", (10, 30),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.9, 200, 2)
+            layer += text
+        return draw
+
+    for i in range(25):
+        night.push(0.01, overlay(i))
+    assert auto.ready
+    # The model fires on an overlay change that drew a line: inside the mask.
+    night.push(0.9, both(overlay(25), seg((16, 20), (100, 20), 120, 2)))
+    night.push(0.01, overlay(26))
+    decisions = night.finish()
+    d = decisions[night.name(26)]
+    assert d.suppressed == "masked"
+    assert night.decider.counters["masked"] == 1
+
+
+def test_streak_inside_a_static_mask_is_masked():
+    mask = np.full((H, W), 255, np.uint8)
+    mask[400:, 500:] = 0  # say, a street lamp's corner
+    night = Night(21)
+    night.decider = Decider(SuppressionConfig(), static_mask=mask)
+    night.quiet(1)
+    night.push(0.9, seg((520, 420), (640, 470), 80, 2))  # the raw difference still shows it
+    night.push(0.9, seg((100, 100), (200, 160), 80, 2))
+    night.quiet(1)
+    decisions = night.finish()
+    assert decisions[night.name(2)].suppressed == "masked"
+    assert decisions[night.name(3)].alert
+
+
+def test_a_feature_recurring_in_place_is_not_a_meteor():
+    # The Moon's limb (or a lit edge) creeping a pixel per frame leaves the same thin arc in
+    # every difference.
+    night = Night(13)
+    night.quiet(1)
+    for k in range(5):
+        night.push(0.9 if k == 2 else 0.1, seg((400 + k, 100), (470 + k, 180), 120, 3))
+    night.quiet(1)
+    d = night.finish()[night.name(4)]
+    assert d.suppressed == "masked" and "recurring" in d.flags
+    assert d.streak is not None
+
+
+class Clouds:
+    """Broken cloud with soft edges drifting over the star field, `cover` of the sky."""
+
+    def __init__(self, night: Night, cover: float, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        field = cv2.GaussianBlur(rng.normal(0, 1, (H + 200, W + 200)).astype(np.float32),
+                                 (0, 0), 18)
+        cut = np.quantile(field, 1 - cover)
+        self.alpha = np.clip((field - cut) / (0.8 * field.std()), 0, 1)
+        self.night = night
+
+    def sky(self, k: int, step: int = 8) -> np.ndarray:
+        alpha = self.alpha[100: 100 + H, 20 + step * k: 20 + step * k + W]
+        return self.night.base * (1 - alpha) + 75.0 * alpha
+
+
+def test_moving_cloud_edges_are_cloud_but_a_meteor_between_them_is_not():
+    night = Night(14)
+    clouds = Clouds(night, cover=0.6, seed=14)
+    for k in range(3):
+        night.push(0.01, sky=clouds.sky(k))
+    night.push(0.9, sky=clouds.sky(3))  # the model fired on moving cloud edges
+    night.push(0.01, sky=clouds.sky(4))
+    night.push(0.9, seg((150, 150), (330, 260), 90, 2), sky=clouds.sky(5))
+    night.push(0.01, sky=clouds.sky(6))
+    decisions = night.finish()
+    cloud = decisions[night.name(4)]
+    assert cloud.suppressed == "cloud", cloud.flags
+    meteor = decisions[night.name(6)]
+    assert meteor.alert and abs(meteor.streak["x1"] - 150) < 5
+
+
+def test_overcast_diffuse_change_without_a_streak_is_cloud():
+    night = Night(15)
+    clouds = Clouds(night, cover=0.97, seed=15)
+    for k in range(3):
+        night.push(0.01, sky=clouds.sky(k, step=12))
+    night.push(0.9, sky=clouds.sky(3, step=12))
+    night.push(0.01, sky=clouds.sky(4, step=12))
+    d = night.finish()[night.name(4)]
+    assert d.suppressed == "cloud"
+    assert "cloudy" in d.flags or "cloud_motion" in d.flags
+
+
+def test_cloud_rules_can_be_turned_off():
+    night = Night(14, cfg=dataclasses.replace(SuppressionConfig(), cloud=False))
+    clouds = Clouds(night, cover=0.6, seed=14)
+    for k in range(3):
+        night.push(0.01, sky=clouds.sky(k))
+    night.push(0.9, sky=clouds.sky(3))
+    night.push(0.01, sky=clouds.sky(4))
+    assert night.finish()[night.name(4)].alert
+
+
+def test_diffuse_change_on_a_starry_frame_stays_an_alert():
+    night = Night(15)
+    night.quiet(2)
+
+    def glow(layer: np.ndarray) -> None:
+        blob = np.zeros_like(layer)
+        cv2.circle(blob, (300, 250), 40, 25.0, -1)
+        layer += cv2.GaussianBlur(blob, (0, 0), 10)
+
+    night.push(0.9, glow)
+    night.quiet(1)
+    d = night.finish()[night.name(3)]
+    assert d.alert and "no_streak" in d.flags
+
+
+def test_timeout_releases_a_candidate_without_its_next_frame():
+    night = Night(16)
+    night.quiet(1)
+    night.push(0.9, METEOR)
+    deadline = night.decider.next_deadline()
+    assert deadline == pytest.approx(night.clock + 120.0)
+    assert night.decider.flush(now=deadline - 1) == []
+    released = night.decider.flush(now=deadline + 1)
+    assert len(released) == 1 and "timeout" in released[0].flags and released[0].alert
+    night.decisions += released
+    assert night.decider.counters["timeouts"] == 1
+    assert night.decider.next_deadline() is None
+    night.quiet(1)
+    night.finish()
+
+
+def test_a_gap_in_the_frames_releases_the_pending_candidate():
+    night = Night(17)
+    night.quiet(1)
+    night.push(0.9, satellite(0))
+    cur = night.render(satellite(1))
+    late = frame_at(50)  # 24 minutes later: not the next frame
+    out = night.decider.push(Observation(late, cur, positive_difference(night.prev, cur), 0.9,
+                                         0.5), now=1e6)
+    assert [d.frame for d in out] == [night.pushed[1]]
+    assert out[0].alert and "no_next_frame" in out[0].flags
+    assert night.decider.flush()[0].frame == late
+
+
+def test_disabled_suppression_decides_at_once_and_never_suppresses():
+    cfg = dataclasses.replace(SuppressionConfig(), enabled=False)
+    night = Night(18, cfg=cfg)
+    night.quiet(1)
+    for k in range(3):
+        assert len(night.push(0.9, satellite(k))) == 1  # no waiting
+    night.push(0.9, add=50.0)
+    decisions = night.finish()
+    assert all(d.suppressed is None for d in decisions.values())
+    assert night.decider.counters["alerts"] == 4
+
+
+def test_counters_add_up():
+    night = Night(19)
+    night.quiet(1)
+    for k in range(3):
+        night.push(0.9, satellite(k))
+    night.push(0.9, METEOR)
+    night.push(0.9, add=50.0)
+    night.quiet(1)
+    night.finish()
+    c = night.decider.counters
+    assert c["frames"] == 7 and c["candidates"] == 5
+    assert c["alerts"] + c["suppressed"] == c["candidates"]
+    assert sum(c[r] for r in REASONS) == c["suppressed"]
+    assert set(REASONS) <= set(c)
+
+
+def test_observation_is_checked():
+    img = np.zeros((H, W), np.uint8)
+    with pytest.raises(ValueError, match="difference"):
+        Observation(frame_at(1), img, np.zeros((H, W), np.float32), 0.5, 0.5)
+    with pytest.raises(ValueError, match="differ in size"):
+        Observation(frame_at(1), img, np.zeros((10, 10), np.uint8), 0.5, 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        Observation(frame_at(1), img, img, float("nan"), 0.5)
+    assert Observation(frame_at(1), img, img, 0.5, 0.5).detected
+
+
+def test_decision_to_dict_is_json_ready():
+    import json
+
+    night = Night(20)
+    night.quiet(1)
+    night.push(0.95, METEOR)
+    night.quiet(1)
+    d = night.finish()[night.name(2)]
+    data = json.loads(json.dumps(d.to_dict()))
+    assert data["frame_id"] == d.frame.frame_id and data["suppressed"] is None
+    assert set(data["streak"]) == {"x1", "y1", "x2", "y2", "length_px", "angle_deg", "bbox",
+                                   "peak"}
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("whole_frame_fraction = 0", "suppression.whole_frame_fraction"),
+    ("analysis_width = 10", "suppression.analysis_width"),
+    ("link_angle_deg = 90", "suppression.link_angle_deg"),
+    ("aircraft_min_dots = 2", "suppression.aircraft_min_dots"),
+    ("masked_fraction = 1.5", "suppression.masked_fraction"),
+    ("satellite_gap_frac = 4.0\nlink_gap_frac = 1.0", "suppression.satellite_gap_frac"),
+    ("decision_timeout_s = 0", "suppression.decision_timeout_s"),
+    ("persistence = 'yes'", "suppression.persistence"),
+])
+def test_bad_suppression_settings_name_the_key(line, key):
+    with pytest.raises(ConfigError, match=key):
+        parse_config(f"[suppression]\n{line}\n")
+
+
+def test_suppression_settings_load():
+    cfg = parse_config("[suppression]\nlink_angle_deg = 10\ncloud = false\n").suppression
+    assert cfg.link_angle_deg == 10.0 and cfg.cloud is False and cfg.enabled
