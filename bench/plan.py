@@ -1,10 +1,11 @@
 """What the benchmark runs on: held-out nights, the reference's training nights, subsets, cache.
 
 Seeds. The shipped model (training/recipes/shipped_model.sh) trains on cameras simulated with
-seeds 2026 + 101·k (k = 0..3, nights drawn with `night_seed(seed, i)`, dates from 2026-09-01)
+seeds 2026 + 101·k (k = 0..7, nights drawn with `night_seed(seed, i)`, dates from 2026-09-01)
 and checks an unseen camera with seed 12025 (from 2027-03-01). The bench nights use the night
-seeds SeedSequence([BENCH_SEED, i, site]) and dates from 2027-06-01, so no bench frame was ever
-trained on, validated on or tested on by the recipe. Half of them come from the site of training
+seeds SeedSequence([BENCH_SEED, i, site]) and dates from 2027-11-01 (long, dark evenings, as the
+training dates; all later than any training date), so no bench frame was ever trained on,
+validated on or tested on by the recipe. Half of them come from the site of training
 camera 0 ("seen": the same skyline and lens, new nights — how a station's own model is used),
 half from camera seed 4242, a site no model saw ("unseen": a stock model on a new camera).
 """
@@ -49,7 +50,7 @@ class TrainingSims:
     """The shipped model's training cameras, as training/recipes/shipped_model.sh makes them."""
 
     seed: int = 2026
-    cameras: int = 4
+    cameras: int = 8
     nights: int = 8
     frames: int = 300
     meteor_rate: float = 0.25
@@ -72,7 +73,10 @@ class RefPlan:
 
     arch: str = "resnet34"
     size: int = 224
-    train_meteors: int = 100_000  # meteor frames of the training nights (a cap: all of them)
+    # A CPU-sized subset of the training nights' meteors (the shipped model saw ~770): ResNet34
+    # at 224 px trains at ~4 images/s on 2 cores.
+    train_meteors: int = 400
+    min_peak: float = 15.0  # the same faint-meteor cut as the shipped recipe's index
     negatives_per_meteor: float = 3.0  # the pool undersampling draws from each epoch
     holdout_meteors: int = 60  # per held-out split (valid: threshold/int8 checks; test: parity)
     holdout_negatives: int = 180
@@ -109,13 +113,13 @@ def _night_seed(index: int, site: str) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def bench_nights(frames: int, meteor_rate: float = 0.12, satellite_rate: float = 0.25,
+def bench_nights(frames: int, meteor_rate: float = 0.2, satellite_rate: float = 0.25,
                  aircraft_rate: float = 0.03) -> tuple[NightSpec, ...]:
     """One night per condition on each site. Rates are raised above nature (meteors ≈ 0.01 per
     frame) so that every class has enough examples; rates do not enter the per-frame metrics."""
     nights = []
-    for site, camera, first in (("seen", SEEN_CAMERA, date(2027, 6, 1)),
-                                ("unseen", UNSEEN_CAMERA, date(2027, 7, 1))):
+    for site, camera, first in (("seen", SEEN_CAMERA, date(2027, 11, 1)),
+                                ("unseen", UNSEEN_CAMERA, date(2027, 12, 1))):
         for i, condition in enumerate(CONDITIONS):
             nights.append(NightSpec(
                 label=f"{site}-{condition}", site=site, condition=condition, camera_seed=camera,
@@ -128,7 +132,7 @@ def bench_nights(frames: int, meteor_rate: float = 0.12, satellite_rate: float =
 def full_plan() -> Plan:
     long_night = NightSpec(
         label="long-cloudy", site="seen", condition="cloudy", camera_seed=SEEN_CAMERA,
-        seed=_night_seed(99, "seen"), night=date(2027, 8, 1), frames=1400, meteor_rate=0.02,
+        seed=_night_seed(99, "seen"), night=date(2028, 1, 10), frames=1400, meteor_rate=0.02,
         satellite_rate=0.1, aircraft_rate=0.015)
     return Plan(
         name="full", width=1304, height=976, nights=bench_nights(250), long_night=long_night,

@@ -78,7 +78,8 @@ def select_frames(cameras: Sequence[Path], sims: TrainingSims, ref: RefPlan
     chosen: dict[Path, list[dict[str, str]]] = {cam: [] for cam in cameras}
     for part, (n_met, n_neg) in want.items():
         pool = [(cam, r) for cam, rs in rows.items() for r in rs if split[r["night"]] == part]
-        met = [x for x in pool if x[1]["meteor"] == "1"]
+        met = [x for x in pool if x[1]["meteor"] == "1"
+               and float(x[1].get("meteor_peak") or "inf") >= ref.min_peak]
         neg = [x for x in pool if x[1]["meteor"] != "1"]
         met_idx = _pick(len(met), n_met, rng)
         n_neg = n_neg if n_neg is not None else round(ref.negatives_per_meteor * len(met_idx))

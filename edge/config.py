@@ -113,11 +113,12 @@ class SuppressionConfig:
     streak_k_sigma: float = 3.0
     min_streak_px: float = 24.0  # shorter changes are stars, hot pixels, twinkling
     # persistence: a segment continuing the candidate's line in the previous/next frame
-    link_angle_deg: float = 15.0  # where the pieces meet; half of it across a wider gap
+    link_angle_deg: float = 30.0  # bend where pieces meet (fisheye); a quarter across a gap
     link_offset_px: float = 12.0
     link_gap_frac: float = 3.0  # largest gap along the line, as a share of the longer segment
-    # Two-frame pair: a gap below this share of the longer piece is a satellite (its motion in
-    # the dead time between exposures); a wider one is a meteor split by that dead time.
+    # Pieces whose facing ends are closer than this share of the longer one (+ link_offset_px)
+    # are one moving object (a satellite moves little in the dead time between exposures); a
+    # wider gap along the same straight line is a meteor split by that dead time.
     satellite_gap_frac: float = 0.5
     duplicates: bool = True  # a meteor split over two frames: keep the stronger
     # A streak repeated beside itself in the frame before/after is no meteor: within this many

@@ -26,7 +26,7 @@ import numpy as np
 from edge.config import SuppressionConfig
 from edge.frames import Frame
 from edge.masks import AutoMask, build_static_mask, combine_masks, star_visibility
-from edge.streaks import DiffAnalysis, Streak, StreakParams, relate
+from edge.streaks import DiffAnalysis, Streak, StreakParams, angle_between, relate
 
 __all__ = [
     "REASONS",
@@ -326,9 +326,7 @@ class Decider:
             flags.append(f"persistent_{min(frames, 3)}_frames")
             return moving if cfg.persistence else None
         other_entry, other = partners[0]
-        rel = relate(streak, other)
-        if dotted or rel.gap_px <= cfg.satellite_gap_frac * max(streak.length_px,
-                                                                other.length_px):
+        if dotted or self._adjacent(streak, other):
             flags.append("persistent_2_frames")
             return moving if cfg.persistence else None
         if not cfg.duplicates:
@@ -389,27 +387,48 @@ class Decider:
             e, idx, frames = e.prev, links[idx], frames + 1
         return frames
 
+    def _adjacent(self, a: Streak, b: Streak) -> bool:
+        """b starts (about) where a ends: a moving object's next exposure. Its path may bend
+        (a great circle on a fisheye bends hard near the horizon), so the angle may be up to
+        link_angle_deg; the facing ends must be within satellite_gap_frac of the longer."""
+        cfg = self.cfg
+        longer = max(a.length_px, b.length_px)
+        if angle_between(a, b) > cfg.link_angle_deg:
+            return False
+        ends = min(math.dist(p, q) for p in ((a.x1, a.y1), (a.x2, a.y2))
+                   for q in ((b.x1, b.y1), (b.x2, b.y2)))
+        if ends > cfg.satellite_gap_frac * longer + cfg.link_offset_px:
+            return False
+        # ... and it goes on, not back over the same stretch.
+        return relate(a, b).gap_px >= -(0.15 * min(a.length_px, b.length_px)
+                                        + cfg.link_offset_px)
+
+    def _continues(self, a: Streak, b: Streak) -> tuple[bool, float]:
+        """Whether b continues a in the next frame, and how well (lower is better)."""
+        cfg = self.cfg
+        if a.fwhm_px >= cfg.cloud_min_fwhm_px or b.fwhm_px >= cfg.cloud_min_fwhm_px:
+            return False, math.inf  # soft cloud edges do not fly
+        angle = angle_between(a, b)
+        if self._adjacent(a, b):
+            return True, angle
+        # Farther along the same straight line: a meteor on both sides of the dead time.
+        if angle > cfg.link_angle_deg / 4:
+            return False, math.inf
+        r = relate(a, b)
+        longer = max(a.length_px, b.length_px)
+        ok = (r.offset_px <= cfg.link_offset_px + 0.035 * max(r.gap_px, 0.0)
+              and 0 <= r.gap_px <= cfg.link_gap_frac * longer + cfg.link_offset_px)
+        return ok, 100 + angle + r.offset_px
+
     def _match(self, before: list[Streak], after: list[Streak]) -> dict[int, int]:
         """For each streak after, the streak before that it continues (best fit), if any."""
-        cfg = self.cfg
         out: dict[int, int] = {}
         for j, b in enumerate(after):
             best, best_cost = None, math.inf
             for i, a in enumerate(before):
-                r = relate(a, b)
-                longer = max(a.length_px, b.length_px)
-                overlap_tol = 0.15 * min(a.length_px, b.length_px) + cfg.link_offset_px
-                # A fisheye bends a satellite's path: allow the full angle where the pieces
-                # meet, half of it across a wider gap.
-                adjacent = r.gap_px <= cfg.satellite_gap_frac * longer + cfg.link_offset_px
-                max_angle = cfg.link_angle_deg if adjacent else cfg.link_angle_deg / 2
-                if (r.angle_deg <= max_angle
-                        and r.offset_px <= cfg.link_offset_px + 0.035 * max(r.gap_px, 0.0)
-                        and -overlap_tol <= r.gap_px <= cfg.link_gap_frac * longer
-                        + cfg.link_offset_px):
-                    cost = r.offset_px + r.angle_deg + abs(r.gap_px) / longer
-                    if cost < best_cost:
-                        best, best_cost = i, cost
+                ok, cost = self._continues(a, b)
+                if ok and cost < best_cost:
+                    best, best_cost = i, cost
             if best is not None:
                 out[j] = best
         return out
@@ -478,8 +497,10 @@ class Decider:
 def _side_shift(a: Streak, b: Streak, max_angle: float) -> float:
     """Perpendicular distance between two near-parallel segments that overlap along their
     length by at least half the shorter; inf otherwise."""
+    if angle_between(a, b) > max_angle:
+        return math.inf
     r = relate(a, b)
-    if r.angle_deg > max_angle or -r.gap_px < 0.5 * min(a.length_px, b.length_px):
+    if -r.gap_px < 0.5 * min(a.length_px, b.length_px):
         return math.inf
     ua = np.array([a.x2 - a.x1, a.y2 - a.y1]) / max(a.length_px, 1e-9)
     ub = np.array([b.x2 - b.x1, b.y2 - b.y1]) / max(b.length_px, 1e-9)

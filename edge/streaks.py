@@ -19,6 +19,7 @@ Coordinates in a `Streak` are full-frame pixels (x right, y down), endpoints ord
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -167,6 +168,12 @@ def relate(a: Streak, b: Streak) -> Relation:
     return Relation(angle, gap, offset, ratio)
 
 
+def angle_between(a: Streak, b: Streak) -> float:
+    """Undirected angle between two segments, degrees 0..90."""
+    d = abs(a.angle_deg - b.angle_deg) % 180.0
+    return min(d, 180.0 - d)
+
+
 def merge(a: Streak, b: Streak) -> Streak:
     """One segment spanning both (collinear fragments of the same streak)."""
     pts = np.array([[a.x1, a.y1], [a.x2, a.y2], [b.x1, b.y1], [b.x2, b.y2]], float)
@@ -246,11 +253,10 @@ class DiffAnalysis:
         self.factor = max(1, round(w / self.params.analysis_width))
         sw, sh = max(1, w // self.factor), max(1, h // self.factor)
         self.scale = (w / sw, h / sh)  # full pixels per downscaled pixel, x and y
-        if self.factor == 1:
-            self.small = difference.astype(np.float32)
-        else:
-            self.small = cv2.resize(difference, (sw, sh), interpolation=cv2.INTER_AREA).astype(
-                np.float32)
+        # In float: rounding the block means to integers would quantise the noise (σ ≈ 1.5).
+        self.small = difference.astype(np.float32)
+        if self.factor > 1:
+            self.small = cv2.resize(self.small, (sw, sh), interpolation=cv2.INTER_AREA)
         step = 2 if self.small.size > 40_000 else 1
         self.base, spread = _spread(self.small[::step, ::step])
         self.spread = max(spread, 0.25)
@@ -273,9 +279,10 @@ class DiffAnalysis:
         values = tiles.transpose(0, 2, 1, 3).reshape(ny, nx, -1)
         # q75 − q50 (= 0.674 σ) tolerates a bright streak covering up to a quarter of a tile.
         q50, q75 = np.percentile(values, (50, 75), axis=2)
+        q50 = q50.astype(np.float32)
         spread = np.maximum((q75 - q50) / 0.674, max(0.7 * self.spread, 0.25)).astype(np.float32)
         size = (w, h)
-        base = cv2.resize(q50.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+        base = cv2.resize(q50, size, interpolation=cv2.INTER_LINEAR)
         spread = cv2.resize(spread, size, interpolation=cv2.INTER_LINEAR)
         return (image - base) / spread, spread
 
@@ -325,7 +332,7 @@ class DiffAnalysis:
         # A row of dots lying on a found line is that line's own texture (the ridge filter
         # pits a wide trail); whether a line is dotted is for its light profile to say.
         rows = [r for r in self._dot_rows() if not any(_covers(s, r) for s in lines)]
-        lines = _merge_fragments(lines + rows, self.factor)
+        lines = _merge_fragments(lines + rows, self.factor, self._remeasure)
         lines = [s for s in lines if s.length_px >= self.params.min_length_px]
         lines.sort(key=lambda s: s.strength, reverse=True)
         return lines[: self.params.max_streaks], blobs
@@ -353,7 +360,7 @@ class DiffAnalysis:
         the rest of the plain image's large components are the diffuse blobs."""
         lines, _ = self._lines_in(self.ridge, hough=True)
         wide, rest = self._lines_in(self.norm, hough=False)
-        lines = _merge_fragments(lines + wide, self.factor)
+        lines = _merge_fragments(lines + wide, self.factor, self._remeasure)
         return lines, self._blobs(rest, lines)
 
     def _lines_in(self, image: np.ndarray, hough: bool):
@@ -470,6 +477,14 @@ class DiffAnalysis:
             near = np.abs((xs - a[0]) * nx + (ys - a[1]) * ny) <= 1.5
             out.append(self._build(a, b, float(self.factor), (ys[near], xs[near])))
         return out
+
+    def _remeasure(self, streak: Streak) -> Streak:
+        """A joined streak measured again along its whole length."""
+        if streak.dotted and streak.fwhm_px == 0:  # a row of isolated dots: nothing to trace
+            return streak
+        a = np.array(self.to_small(streak.x1, streak.y1))
+        b = np.array(self.to_small(streak.x2, streak.y2))
+        return self._build(a, b, streak.width_px, streak.pixels)
 
     def _build(self, a: np.ndarray, b: np.ndarray, width: float,
                pixels: tuple[np.ndarray, np.ndarray]) -> Streak:
@@ -640,16 +655,21 @@ class DiffAnalysis:
         idx = np.nonzero(local)[0] + 1
         if len(idx) < p.min_dots:
             return 0, 0.0
-        # Keep peaks separated from the previous kept one by a trough below half their height.
+        # Keep peaks separated from the previous kept one by a trough below half their height
+        # and a dip noise cannot make (a meteor's noisy, fading tail must not pass).
         kept = [idx[0]]
         for i in idx[1:]:
             j = kept[-1]
+            lower = min(prof[i], prof[j]) - base
             trough = float(prof[j:i + 1].min()) - base
-            if trough <= 0.5 * (min(prof[i], prof[j]) - base):
+            if trough <= 0.5 * lower and lower - trough >= 4 * sigma:
                 kept.append(i)
             elif prof[i] > prof[j]:
                 kept[-1] = i
         if len(kept) < p.min_dots:
+            return 0, 0.0
+        heights = prof[np.array(kept)]
+        if heights.max() > 3 * heights.min():  # strobes flash alike
             return 0, 0.0
         pos = ts[np.array(kept)]
         if pos[-1] - pos[0] < 0.5 * (ts[-1] - ts[0]):
@@ -755,22 +775,30 @@ def _covers(line: Streak, other: Streak) -> bool:
             and r.offset_px <= line.width_px + 4.0)
 
 
-def _merge_fragments(lines: list[Streak], factor: int) -> list[Streak]:
-    """Join collinear pieces of one streak broken by noise, a mask or a star."""
+def _merge_fragments(lines: list[Streak], factor: int,
+                     remeasure: Callable[[Streak], Streak] | None = None) -> list[Streak]:
+    """Join collinear pieces of one streak broken by noise, a mask or a star; `remeasure`
+    measures each joined streak again over its whole length (ends, peak, dots, width)."""
     lines = list(lines)
+    joined: set[int] = set()
     changed = True
     while changed:
         changed = False
         for i in range(len(lines)):
             for j in range(i + 1, len(lines)):
                 a, b = lines[i], lines[j]
+                if angle_between(a, b) > 4.0:  # cheap test first
+                    continue
                 r = relate(a, b)
                 if (r.angle_deg <= 4.0 and r.offset_px <= 2 * factor + 2
                         and r.gap_px <= 0.3 * (a.length_px + b.length_px)):
                     lines[i] = merge(a, b)
                     del lines[j]
+                    joined = {k - (k > j) for k in joined if k != j} | {i}
                     changed = True
                     break
             if changed:
                 break
+    if remeasure is not None:
+        lines = [remeasure(s) if k in joined else s for k, s in enumerate(lines)]
     return lines

@@ -240,3 +240,24 @@ def test_calibration_choice_prefers_recall_then_agreement():
         "percentile": {"recall": 0.98, "agreement": 0.995, "mean_abs_diff": 0.020},
     }
     assert pick_calibration(cands) == "percentile"
+
+
+def test_faint_simulated_meteors_are_left_out_not_made_negative(tmp_path: Path):
+    frames = [tmp_path / "images/20261201" / f"image-2026120120{m:02d}00.jpg" for m in range(4)]
+    rows = [(True, "40.0"), (True, "6.5"), (False, ""), (True, "")]
+    labelled = [dataset.Labelled(dataset.parse_frame(f), meteor, {"meteor_peak": peak})
+                for f, (meteor, peak) in zip(frames, rows, strict=True)]
+    kept = dataset.drop_faint_meteors(labelled, min_peak=15.0)
+    # The 6.5-level meteor is gone; the negative and a meteor of unknown peak stay as they were.
+    assert [(lab.frame.path.name, lab.meteor) for lab in kept] == [
+        (frames[0].name, True), (frames[2].name, False), (frames[3].name, True)]
+
+
+def test_min_peak_needs_simulator_truth(tmp_path: Path, caplog):
+    from edge.cli import main
+
+    (tmp_path / "labels" / "meteor").mkdir(parents=True)
+    rc = main(["dataset", "index", "--folders", str(tmp_path / "labels"), "--images",
+               str(tmp_path), "--out", str(tmp_path / "out"), "--min-peak", "10"])
+    assert rc == 2
+    assert "--min-peak needs --truth" in caplog.text

@@ -22,6 +22,7 @@ import argparse
 import csv
 import hashlib
 import logging
+import multiprocessing
 import os
 import random
 import re
@@ -109,6 +110,20 @@ def labels_from_truth(truth_csv: Path) -> list[Labelled]:
             extra = {k: row[k] for k in TRUTH_COLUMNS if k in row}
             out.append(Labelled(frame, parse_bool(row["meteor"], f"{truth_csv}:{line}"), extra))
     return out
+
+
+def drop_faint_meteors(labelled: list[Labelled], min_peak: float) -> list[Labelled]:
+    """Leave out (as neither class) meteor frames whose simulated peak is under ``min_peak``.
+
+    The simulator draws meteor brightness from a power law, so about half its meteors peak under
+    13 grey levels above the sky: invisible once a 1304-px frame is area-resized to the model's
+    input. An operator would not have labelled them; kept as positives they are label noise.
+    """
+    def faint(lab: Labelled) -> bool:
+        peak = lab.extra.get("meteor_peak", "")
+        return lab.meteor and peak not in ("", None) and float(peak) < min_peak
+
+    return [lab for lab in labelled if not faint(lab)]
 
 
 def _tree_by_name(images: Path) -> dict[str, Frame]:
@@ -350,7 +365,10 @@ def preprocess_pairs(
         for task in tasks:
             collect(_preprocess_chunk(task), len(task[2]))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a forked child inherits locks held by the parent's other threads
+        # (torch/OpenMP pools, loggers) and can deadlock before it does any work.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
             for task, failures in zip(tasks, pool.map(_preprocess_chunk, tasks), strict=True):
                 collect(failures, len(task[2]))
     bar.close()
@@ -453,6 +471,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="folder holding meteor/ and no-meteor/ copies of frames (needs --images)")
     src.add_argument("--csv", type=Path, help="2021-style CSV fn,dataset,meteor (needs --images)")
     p.add_argument("--images", type=Path, help="AllSky images tree (images/YYYYMMDD/*.jpg)")
+    p.add_argument("--min-peak", type=float,
+                   help="simulator truth only: leave out meteor frames fainter than this many "
+                        "grey levels (neither class; see drop_faint_meteors)")
     p.add_argument("--rest-negative", action="store_true",
                    help="every unlabelled frame of a labelled night is no-meteor")
     p.add_argument("--out", type=Path, required=True, help="output folder (index.csv, cache/)")
@@ -507,7 +528,15 @@ def _run_index(args: argparse.Namespace) -> int:
                 raise TrainingError(f"truth CSV not found: {truth}")
             labelled += labels_from_truth(truth)
         source = {"kind": "simulator-truth", "path": [str(t) for t in args.truth]}
+        if args.min_peak is not None:
+            before = len(labelled)
+            labelled = drop_faint_meteors(labelled, args.min_peak)
+            log.info("left out %d meteor frames peaking under %.1f grey levels",
+                     before - len(labelled), args.min_peak)
+            source["min_peak"] = args.min_peak
     else:
+        if args.min_peak is not None:
+            raise TrainingError("--min-peak needs --truth: only the simulator knows meteor peaks")
         if args.images is None:
             raise TrainingError("--folders and --csv need --images (the AllSky images tree)")
         if args.folders is not None:
