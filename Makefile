@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# System packages (Mosquitto for the broker tests, libsystemd-dev to build systemd-python, dpkg
+# System packages (Mosquitto for the broker tests, dpkg
 # tools for the .deb), then one venv with every extra: edge, train and dev.
 $(STAMP): pyproject.toml
 	bash deploy/system-deps.sh

@@ -8,8 +8,8 @@
 #
 # Wheels are platform-specific, so the arch is the build machine's: build the arm64 package on
 # an arm64 machine (a Pi 4/5 with 64-bit Raspberry Pi OS) or in an arm64 chroot.
-# Build prerequisites (Debian packages): python3 python3-venv dpkg-dev binutils, and to compile
-# systemd-python: gcc pkg-config libsystemd-dev python3-dev. Not root: files are root:root via
+# Build prerequisites (Debian packages): python3 python3-venv dpkg-dev binutils (every dependency
+# is a wheel; gcc python3-dev only for an sdist without one). Not root: files are root:root via
 # dpkg-deb --root-owner-group. Needs PyPI unless --wheelhouse already holds every wheel
 # (--offline: never go online). --compress: xz (default, smallest), zstd (fast), gzip.
 # The whole script is one block: bash parses it before running, so editing this file during a
@@ -139,7 +139,7 @@ find "$src" -name __pycache__ -prune -exec rm -rf {} +
 pipw wheel --wheel-dir "$wheelhouse" "setuptools>=68" wheel
 pipw wheel --no-deps --wheel-dir "$work/project" "$src"
 whl=$(ls "$work"/project/guaita-*.whl)
-# PEP 517 builds for sdists (systemd-python): isolated, with setuptools + wheel from above.
+# PEP 517 builds for any sdist without a wheel: isolated, with setuptools + wheel from above.
 pipw wheel --use-pep517 --wheel-dir "$wheelhouse" "guaita[edge] @ file://$whl"
 # Install from the wheelhouse only; the project wheel by path so a cached older build of the
 # same version cannot win.

@@ -21,13 +21,27 @@ Variants
               pixel wide and a few grey levels bright survives the 5× downscale;
           c2  the current frame itself, area-resized: context for clouds, moon and twilight,
               which the 2021 author proposed giving the model.
+``g2``  g1 with its noisy max-pooled channel replaced by a *line map*, so that at 160 px the
+        network sees thin streaks and little else (channels in g1's order, so a g1 model is a
+        sensible starting point for fine-tuning):
+          c0  g1's c0 (the soft-thresholded normalised difference, area-resized);
+          c1  line response: the normalised difference, area-downscaled to about
+              ``line_width`` px wide (a 1-px line keeps its signal-to-noise ratio), diffuse
+              change (clouds, glows) removed by a running median, then for each of 8
+              directions the *smaller* of the mean along the two half-lines either side of a
+              pixel. A star's or a hot pixel's dot lights one half only, noise averages down,
+              a streak lights both; max over directions, in its own noise σ, soft-thresholded
+              at ``line_k`` and max-pooled to the output size;
+          c2  the current frame, area-resized.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import cv2
@@ -49,7 +63,11 @@ class PreprocessSpec:
     threshold: float = REFERENCE_THRESHOLD  # v4 only
     k_sigma: float = 2.0  # g1: soft-threshold knee, in noise σ
     gain: float = 24.0  # g1: grey levels per σ above the knee
-    blur: int = 3  # g1: box blur before differencing (odd, 1 = none)
+    blur: int = 3  # g1/g2: box blur before differencing (odd, 1 = none)
+    line_width: int = 320  # g2: width the line detector works at, px
+    line_length: int = 9  # g2: line kernel side, in downscaled px (odd)
+    line_k: float = 2.5  # g2: line-map knee, in σ of the line response
+    line_gain: float = 12.0  # g2: grey levels per σ above the knee
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,6 +92,11 @@ class PreprocessSpec:
             raise PreprocessError(f"preprocessing size must be >= 16, got {spec.size}")
         if spec.blur < 1 or spec.blur % 2 == 0:
             raise PreprocessError(f"preprocessing blur must be odd and >= 1, got {spec.blur}")
+        if spec.line_length < 3 or spec.line_length % 2 == 0:
+            raise PreprocessError(
+                f"preprocessing line_length must be odd and >= 3, got {spec.line_length}")
+        if spec.line_width < 16:
+            raise PreprocessError(f"preprocessing line_width must be >= 16, got {spec.line_width}")
         return spec
 
     def fingerprint(self) -> str:
@@ -82,7 +105,7 @@ class PreprocessSpec:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-VARIANT_CHANNELS = {"v4": 1, "g1": 3}
+VARIANT_CHANNELS = {"v4": 1, "g1": 3, "g2": 3}
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -166,7 +189,8 @@ def _max_pool(image: np.ndarray, size: int) -> np.ndarray:
     return np.maximum.reduceat(rows, xs[:-1], axis=1)
 
 
-def _g1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+def _normalised_difference(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+    """Blurred signed difference in units of its own robust noise σ, float32."""
     if spec.blur > 1:
         k = (spec.blur, spec.blur)
         prev_s, cur_s = cv2.blur(previous, k), cv2.blur(current, k)
@@ -175,9 +199,15 @@ def _g1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
     signed = cur_s.astype(np.int16) - prev_s.astype(np.int16)
     signed = apply_mask(signed, mask)
     # σ of the signed difference (symmetric around 0 where nothing changed).
-    sigma = robust_sigma(signed)
-    level = (signed.astype(np.float32) / sigma - spec.k_sigma) * spec.gain
-    norm = np.clip(level, 0, 255).astype(np.uint8)
+    return signed.astype(np.float32) / robust_sigma(signed)
+
+
+def _soft(level: np.ndarray, knee: float, gain: float) -> np.ndarray:
+    return np.clip((level - knee) * gain, 0, 255).astype(np.uint8)
+
+
+def _g1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+    norm = _soft(_normalised_difference(spec, previous, current, mask), spec.k_sigma, spec.gain)
     size = (spec.size, spec.size)
     c0 = cv2.resize(norm, size, interpolation=cv2.INTER_AREA)
     c1 = _max_pool(norm, spec.size)
@@ -185,7 +215,60 @@ def _g1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
     return np.dstack([c0, c1, c2])
 
 
-_VARIANTS = {"v4": _v4, "g1": _g1}
+@lru_cache(maxsize=4)
+def _half_line_kernels(length: int, directions: int = 8) -> tuple[tuple[np.ndarray, ...], ...]:
+    """For each direction, two kernels averaging the half-lines either side of the centre."""
+    c = length // 2
+    yy, xx = np.mgrid[0:length, 0:length]
+    pairs = []
+    for i in range(directions):
+        a = math.pi * i / directions
+        line = np.zeros((length, length), np.float32)
+        for t in np.linspace(-c, c, 4 * length):
+            line[round(c + float(t) * math.sin(a)), round(c + float(t) * math.cos(a))] = 1.0
+        line[c, c] = 0.0
+        side = (xx - c) * math.cos(a) + (yy - c) * math.sin(a)
+        halves = []
+        for keep in (side > 0, side < 0):
+            half = np.where(keep, line, 0.0).astype(np.float32)
+            halves.append(half / max(float(half.sum()), 1.0))
+        pairs.append(tuple(halves))
+    return tuple(pairs)
+
+
+def line_response(norm: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Line map of a normalised difference at about ``line_width`` px wide, in its own σ."""
+    h, w = norm.shape
+    factor = max(1, round(w / spec.line_width))
+    small = norm
+    if factor > 1:
+        small = cv2.resize(norm, (max(1, w // factor), max(1, h // factor)),
+                           interpolation=cv2.INTER_AREA)
+    small = small / robust_sigma(small, step=2)  # area averaging changed the noise
+    # Diffuse change (cloud edges, glows, twilight) out: subtract a running median (8-bit, as
+    # OpenCV's median filter needs for windows over 5; 1/8 σ steps).
+    coded = np.clip(small * 8.0 + 128.0, 0, 255).astype(np.uint8)
+    background = (cv2.medianBlur(coded, 9).astype(np.float32) - 128.0) / 8.0
+    ridge = small - background
+    response = None
+    for half_a, half_b in _half_line_kernels(spec.line_length):
+        r = np.minimum(cv2.filter2D(ridge, -1, half_a), cv2.filter2D(ridge, -1, half_b))
+        response = r if response is None else np.maximum(response, r)
+    median = float(np.median(response[::2, ::2]))
+    return (response - median) / robust_sigma(response, step=2)
+
+
+def _g2(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+    norm = _normalised_difference(spec, previous, current, mask)
+    size = (spec.size, spec.size)
+    lines = _soft(line_response(norm, spec), spec.line_k, spec.line_gain)
+    c0 = cv2.resize(_soft(norm, spec.k_sigma, spec.gain), size, interpolation=cv2.INTER_AREA)
+    c1 = _max_pool(lines, spec.size)
+    c2 = cv2.resize(current, size, interpolation=cv2.INTER_AREA)
+    return np.dstack([c0, c1, c2])
+
+
+_VARIANTS = {"v4": _v4, "g1": _g1, "g2": _g2}
 
 
 @dataclass(frozen=True)

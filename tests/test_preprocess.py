@@ -89,6 +89,59 @@ def test_g1_faint_line_survives_where_v4_drowns_in_noise():
     assert out[on].mean() > 3 * out[~on].mean()
 
 
+def _noisy_pair(seed: int, shape=(480, 640), level=35.0, sigma=3.0):
+    rng = np.random.default_rng(seed)
+    base = np.full(shape, level)
+    prev = base + rng.normal(0, sigma, shape)
+    cur = base + rng.normal(0, sigma, shape)
+    return prev, cur
+
+
+def _u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def test_g2_line_map_shows_a_faint_streak_and_not_stars():
+    prev, cur = _noisy_pair(4)
+    streak = np.zeros_like(cur)
+    cv2.line(streak, (100, 100), (300, 240), 8.0, 2)  # faint meteor, 8 grey levels
+    stars = np.zeros_like(cur)
+    rng = np.random.default_rng(5)
+    for x, y in rng.integers(20, 460, (60, 2)):  # bright dots: drifting stars, hot pixels
+        cv2.circle(stars, (int(x) + 150, int(y)), 1, 60.0, -1)
+    spec = PreprocessSpec(id="g2", size=64)
+    out = Preprocessor(spec)(_u8(prev), _u8(cur + streak + stars))
+    assert out.shape == (64, 64, 3)
+    lines = out[:, :, 1].astype(float)
+    on = cv2.resize(streak, (64, 64), interpolation=cv2.INTER_AREA) > 0.5
+    dots = (cv2.resize(stars, (64, 64), interpolation=cv2.INTER_AREA) > 0.5) & ~on
+    assert lines[on].mean() > 40
+    assert lines[dots].mean() < 0.3 * lines[on].mean()  # the half-line minimum rejects dots
+    assert lines[~on & ~dots].mean() < 10
+    # c0 is exactly g1's c0: the same difference, the same knee
+    g1 = Preprocessor(PreprocessSpec(id="g1", size=64))(_u8(prev), _u8(cur + streak + stars))
+    assert np.array_equal(out[:, :, 0], g1[:, :, 0]) and np.array_equal(out[:, :, 2], g1[:, :, 2])
+
+
+def test_g2_line_map_ignores_a_diffuse_change():
+    prev, cur = _noisy_pair(6)
+    yy, xx = np.mgrid[0:480, 0:640]
+    glow = 25.0 * np.exp(-((xx - 320) ** 2 + (yy - 240) ** 2) / (2 * 90.0**2))  # cloud, moonrise
+    out = Preprocessor(PreprocessSpec(id="g2", size=64))(_u8(prev), _u8(cur + glow))
+    assert out[:, :, 0].max() > 100  # the difference itself shows the glow...
+    assert out[:, :, 1].mean() < 10  # ...the line map does not
+
+
+def test_g2_parameters_are_checked():
+    with pytest.raises(PreprocessError, match="line_length"):
+        PreprocessSpec.from_dict({"id": "g2", "line_length": 8})
+    with pytest.raises(PreprocessError, match="line_width"):
+        PreprocessSpec.from_dict({"id": "g2", "line_width": 4})
+    tiny = Preprocessor(PreprocessSpec(id="g2", size=16))(np.zeros((8, 8), np.uint8),
+                                                           np.zeros((8, 8), np.uint8))
+    assert tiny.shape == (16, 16, 3)  # frames smaller than the input still work
+
+
 def test_robust_sigma_of_gaussian_noise():
     rng = np.random.default_rng(2)
     assert robust_sigma(rng.normal(0, 4.0, (400, 400)), step=1) == pytest.approx(4.0, rel=0.05)

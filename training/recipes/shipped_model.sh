@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the shipped default model, models/guaita-r18-sim, from nothing but this repository:
-# simulate varied nights from several simulated cameras, index them with g1 at 160 px, train a
-# ResNet18 from scratch, evaluate on held-out nights, export int8 and write the bundle.
+# simulate varied nights from several simulated cameras, index them (g2 at 160 px), train a
+# ResNet18 (from scratch or INIT_FROM), evaluate on held-out nights, export int8 and write the bundle.
 #
 #   training/recipes/shipped_model.sh                 # the settings the shipped bundle used
 #   WORK=/data/guaita CAMERAS=8 NIGHTS=20 EPOCHS=20 training/recipes/shipped_model.sh   # a GPU box
@@ -26,6 +26,9 @@ RATE=${RATE:-0.25}           # meteors per frame, raised from a real ~0.01 so po
 WIDTH=${WIDTH:-1304}
 HEIGHT=${HEIGHT:-976}
 SIZE=${SIZE:-160}            # model input; 224 is ~2x slower to train on CPU
+PREPROCESS=${PREPROCESS:-g2} # edge.preprocess variant (g2: line map; g1: the earlier bundle's)
+INIT_FROM=${INIT_FROM:-}     # warm start: an earlier bundle or `guaita train` folder (empty: scratch)
+FREEZE=${FREEZE:-0}          # with INIT_FROM: head-only epochs first
 MIN_PEAK=${MIN_PEAK:-15}     # leave out meteors fainter than this (grey levels): invisible at SIZE
 EPOCHS=${EPOCHS:-12}
 BATCH=${BATCH:-32}
@@ -59,14 +62,16 @@ simulate(out, nights=$NIGHTS, frames=$FRAMES, seed=$SEED + 101 * k, width=$WIDTH
 PY
 done
 
-log "2/5 index (g1, ${SIZE} px), split by whole nights"
-"$GUAITA" dataset index "${truths[@]}" --out "$WORK/data" --preprocess g1 --size "$SIZE" --min-peak "$MIN_PEAK" \
+log "2/5 index ($PREPROCESS, ${SIZE} px), split by whole nights"
+"$GUAITA" dataset index "${truths[@]}" --out "$WORK/data" --preprocess "$PREPROCESS" --size "$SIZE" --min-peak "$MIN_PEAK" \
   --valid-frac 0.15 --test-frac 0.15 --seed "$SEED" --workers "$THREADS" --no-progress
 
 if ((UNTIL < 3)); then exit 0; fi
 
-log "3/5 train resnet18 from scratch ($BALANCE, $EPOCHS epochs, lr $LR)"
-"$GUAITA" train --data "$WORK/data" --out "$WORK/model" --arch resnet18 --no-pretrained \
+init=()
+if [[ -n "$INIT_FROM" ]]; then init=(--init-from "$INIT_FROM" --freeze-epochs "$FREEZE"); fi
+log "3/5 train resnet18 (${INIT_FROM:-from scratch}; $BALANCE, $EPOCHS epochs, lr $LR)"
+"$GUAITA" train --data "$WORK/data" --out "$WORK/model" --arch resnet18 --no-pretrained "${init[@]}" \
   --epochs "$EPOCHS" --batch-size "$BATCH" --no-lr-find --lr "$LR" --balance "$BALANCE" --neg-ratio "$NEG_RATIO" \
   --valid-max 600 --threads "$THREADS" --seed "$SEED" --quiet
 
@@ -95,7 +100,7 @@ from training.simulate import simulate
 simulate('$dir', nights=4, frames=200, seed=$SEED + 9999, width=$WIDTH, height=$HEIGHT,
          start=date(2027, 3, 1), meteor_rate=$RATE, progress=False)"
   fi
-  "$GUAITA" dataset index --truth "$dir/truth.csv" --out "$WORK/data-unseen" --preprocess g1 \
+  "$GUAITA" dataset index --truth "$dir/truth.csv" --out "$WORK/data-unseen" --preprocess "$PREPROCESS" \
     --size "$SIZE" --all-in test --workers "$THREADS" --no-progress
   "$GUAITA" evaluate --data "$WORK/data-unseen" --model "$OUT" --out "$WORK/report-unseen" \
     --threads "$THREADS" --gallery 8
