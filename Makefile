@@ -44,7 +44,7 @@ deb: setup
 lambda: setup
 	$(BIN)/python -m cloud.build_lambda --output build/lambda.zip
 
-# Retrain the shipped model (CPU here: ~40 min; a GPU box: minutes).
+# Retrain the shipped model (2-core CPU here: about 65 min; a GPU box: minutes).
 model: setup
 	bash training/recipes/shipped_model.sh
 

@@ -1,7 +1,7 @@
 """What the benchmark runs on: held-out nights, the reference's training nights, subsets, cache.
 
 Seeds. The shipped model (training/recipes/shipped_model.sh) trains on cameras simulated with
-seeds 2026 + 101·k (k = 0..7, nights drawn with `night_seed(seed, i)`, dates from 2026-09-01)
+seeds 2026 + 101·k (k = 0..11, nights drawn with `night_seed(seed, i)`, dates from 2026-09-01)
 and checks an unseen camera with seed 12025 (from 2027-03-01). The bench nights use the night
 seeds SeedSequence([BENCH_SEED, i, site]) and dates from 2027-11-01 (long, dark evenings, as the
 training dates; all later than any training date), so no bench frame was ever trained on,
@@ -50,7 +50,7 @@ class TrainingSims:
     """The shipped model's training cameras, as training/recipes/shipped_model.sh makes them."""
 
     seed: int = 2026
-    cameras: int = 8
+    cameras: int = 12
     nights: int = 8
     frames: int = 300
     meteor_rate: float = 0.25

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("fastai")
 
+from edge.bundle import load_bundle
 from edge.cli import main
 from edge.preprocess import Preprocessor, PreprocessSpec, read_gray
 from training._common import load_index, load_input
@@ -47,7 +48,7 @@ def sim(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def indexed(work: Path, sim: Path) -> Path:
     out = work / "data"
-    rc = main(["dataset", "index", "--truth", str(sim), "--out", str(out), "--preprocess", "g1",
+    rc = main(["dataset", "index", "--truth", str(sim), "--out", str(out), "--preprocess", "g2",
                "--size", "64", "--workers", "2", "--no-progress", "--seed", "1"])
     assert rc == 0
     return out
@@ -296,3 +297,25 @@ def test_fine_tune_from_bundle(bundle: Path, indexed: Path, tmp_path: Path):
     assert math.isfinite(meta["lr_find_suggestion"]) and meta["lr"] == meta["lr_find_suggestion"]
     assert (out / "lr_find.png").is_file()
     assert (out / "history.csv").read_text().count("\n") == 2  # header + one epoch
+
+
+def test_model_card_is_rendered_from_the_bundle_and_its_report(bundle: Path, report: Path,
+                                                               tmp_path: Path):
+    import shutil
+
+    from training.model_card import main as card_main
+
+    card_bundle = tmp_path / "bundle"
+    shutil.copytree(bundle, card_bundle)
+    assert card_main([str(card_bundle), "--report", f"test nights={report}"]) == 0
+    card = (card_bundle / "README.md").read_text()
+    metrics = json.loads((report / "metrics.json").read_text())
+    onnx = [m for m in metrics["models"] if m["kind"] == "onnx"][-1]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert f"recall **{onnx['at_threshold']['recall']:.3f}**" in card
+    assert f"{onnx['at_threshold']['fp_per_1000']:.1f} false-positive frames per 1,000" in card
+    assert f"preprocessing `{manifest['preprocessing']['id']}`" in card
+    assert "Recall by the meteor's peak brightness" in card
+    assert load_bundle(card_bundle).manifest.sha256 == manifest["sha256"]  # still a bundle
+    with pytest.raises(SystemExit):
+        card_main([str(card_bundle), "--report", "no-equals-sign"])

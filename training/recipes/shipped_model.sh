@@ -4,7 +4,7 @@
 # ResNet18 (from scratch or INIT_FROM), evaluate on held-out nights, export int8 and write the bundle.
 #
 #   training/recipes/shipped_model.sh                 # the settings the shipped bundle used
-#   WORK=/data/guaita CAMERAS=8 NIGHTS=20 EPOCHS=20 training/recipes/shipped_model.sh   # a GPU box
+#   WORK=/data/guaita CAMERAS=24 NIGHTS=20 EPOCHS=30 training/recipes/shipped_model.sh   # a GPU box
 #
 # Every knob is an environment variable (below). Nothing is downloaded: no ImageNet weights are
 # needed (--no-pretrained). Steps that already finished are skipped on a re-run (the simulator
@@ -19,7 +19,7 @@ OUT=${OUT:-"$REPO/models/guaita-r18-sim"}   # the bundle
 NAME=${NAME:-guaita-r18-sim}
 VERSION=${VERSION:-1.0.0}
 
-CAMERAS=${CAMERAS:-8}        # simulated sites: lens, skyline, light pollution differ
+CAMERAS=${CAMERAS:-12}       # simulated sites: lens, skyline, light pollution differ
 NIGHTS=${NIGHTS:-8}          # nights per camera (conditions drawn: clear/moon/cloudy/overcast)
 FRAMES=${FRAMES:-300}        # frames per night (every 30 s from a random evening start)
 RATE=${RATE:-0.25}           # meteors per frame, raised from a real ~0.01 so positives abound
@@ -30,11 +30,11 @@ PREPROCESS=${PREPROCESS:-g2} # edge.preprocess variant (g2: line map; g1: the ea
 INIT_FROM=${INIT_FROM:-}     # warm start: an earlier bundle or `guaita train` folder (empty: scratch)
 FREEZE=${FREEZE:-0}          # with INIT_FROM: head-only epochs first
 MIN_PEAK=${MIN_PEAK:-15}     # leave out meteors fainter than this (grey levels): invisible at SIZE
-EPOCHS=${EPOCHS:-12}
+EPOCHS=${EPOCHS:-22}
 BATCH=${BATCH:-32}
 LR=${LR:-3e-3}
 BALANCE=${BALANCE:-undersample}
-NEG_RATIO=${NEG_RATIO:-2}   # non-meteors drawn per meteor each epoch
+NEG_RATIO=${NEG_RATIO:-3}   # non-meteors drawn per meteor each epoch
 THREADS=${THREADS:-2}
 SEED=${SEED:-2026}
 
@@ -105,3 +105,10 @@ simulate('$dir', nights=4, frames=200, seed=$SEED + 9999, width=$WIDTH, height=$
   "$GUAITA" evaluate --data "$WORK/data-unseen" --model "$OUT" --out "$WORK/report-unseen" \
     --threads "$THREADS" --gallery 8
 fi
+
+log "model card: $OUT/README.md"
+cards=(--report "held-out test nights=$WORK/report" --report "validation nights (threshold chosen here)=$WORK/report-valid")
+if [[ -f "$WORK/report-unseen/metrics.json" ]]; then
+  cards+=(--report "an unseen camera (every night is test)=$WORK/report-unseen")
+fi
+"$PYTHON" -m training.model_card "$OUT" "${cards[@]}"

@@ -1,0 +1,181 @@
+"""``python -m training.model_card``: write a bundle's README.md (its model card).
+
+The card is rendered from what the bundle and ``guaita evaluate`` measured — the manifest
+(training data, settings, calibration, parity) and one or more evaluate ``metrics.json`` (the
+held-out test nights, the validation nights, an unseen camera) — so that a rebuilt model gets a
+card that matches it, never hand-copied numbers.
+
+    python -m training.model_card models/guaita-r18-sim \\
+        --report test=/tmp/guaita-shipped/report --report unseen=/tmp/guaita-shipped/report-unseen
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edge.bundle import load_bundle
+
+SWEEP_SHOWN = (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _bundle_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's own entry (kind onnx) of an evaluate metrics.json."""
+    models = metrics["models"]
+    onnx = [m for m in models if m["kind"] == "onnx"]
+    return (onnx or models)[-1]
+
+
+def render(bundle_dir: Path, reports: dict[str, Path]) -> str:
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    raw = json.loads((bundle_dir / "manifest.json").read_text())
+    training = raw.get("training", {})
+    data = training.get("data", {})
+    splits = data.get("splits", {})
+    lines = [f"# Model card: {m.name} {m.version}", ""]
+    lines += [
+        f"int8 ResNet ({training.get('arch', '?')}) meteor classifier for AllSky frame pairs, "
+        f"input {m.preprocessing.channels}×{m.preprocessing.size}×{m.preprocessing.size}, "
+        f"preprocessing `{m.preprocessing.id}` (`edge/preprocess.py`), "
+        f"{bundle.model_path.stat().st_size / 1e6:.1f} MB. "
+        f"Recommended threshold **{m.recommended_threshold:g}** "
+        f"({raw.get('threshold_rule', 'rule not recorded')}).",
+        "",
+        "**Trained on simulated skies only** (`guaita simulate`): treat every number below as "
+        "a measurement on the simulator, not a promise for your camera. Fine-tune on your own "
+        "labelled nights (below) before trusting its alerts.",
+        "",
+        "## Data",
+        "",
+    ]
+    source = data.get("source", {})
+    lines.append(f"Source: {source.get('kind', '?')}, {len(source.get('path', []))} simulated "
+                 f"cameras (sites), meteors under {source.get('min_peak', '?')} grey levels left "
+                 "out as neither class. Split by whole nights:")
+    lines.append("")
+    lines += _table(["split", "nights", "frames", "meteor frames", "other frames"],
+                    [[s, len(v.get("nights", [])), v.get("frames"), v.get("meteor"),
+                      v.get("no-meteor")] for s, v in splits.items()])
+    lines += ["", "## Training", ""]
+    lines.append(
+        f"{training.get('started_from', '?')}; {training.get('schedule', '?')}, batch "
+        f"{training.get('batch_size', '?')}, balance `{training.get('balance', '?')}` "
+        f"(neg_ratio {training.get('neg_ratio', '–')}), augmentation: "
+        f"{training.get('augmentation', '?')}; {training.get('train_seconds', '?')} s on "
+        f"{training.get('device', '?')}.")
+    lines += ["", "## Results on held-out nights", ""]
+    for name, folder in reports.items():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        b = _bundle_metrics(metrics)
+        a = b["at_threshold"]
+        lines += [f"### {name}: {metrics['frames']} frames, {metrics['meteors']} meteor frames, "
+                  f"{len(metrics['nights'])} nights", ""]
+        lines.append(f"At the recommended threshold {b['threshold']:g}: recall "
+                     f"**{a['recall']:.3f}**, precision {a['precision']:.3f}, "
+                     f"**{a['fp_per_1000']:.1f} false-positive frames per 1,000**; "
+                     f"ROC AUC {b['roc_auc']:.4f}, average precision "
+                     f"{b['average_precision']:.4f}.")
+        lines.append("")
+        shown = [s for s in b["sweep"] if round(s["threshold"], 3) in SWEEP_SHOWN
+                 or abs(s["threshold"] - b["threshold"]) < 1e-9]
+        lines += _table(["threshold", "recall", "precision", "FP frames / 1,000"],
+                        [[s["threshold"], s["recall"], s["precision"], s["fp_per_1000"]]
+                         for s in shown])
+        if b.get("recall_by_peak"):
+            lines += ["", "Recall by the meteor's peak brightness (grey levels above the sky):", ""]
+            lines += _table(["peak", "meteors", "recall"],
+                            [[r.get("bin", r.get("range", "?")), r.get("meteors", r.get("n")),
+                              r.get("recall")] for r in b["recall_by_peak"]])
+        if b.get("by_condition"):
+            lines += ["", "By sky condition:", ""]
+            lines += _table(["condition", "frames", "meteors", "recall", "FP / 1,000"],
+                            [[g["group"], g["frames"], g["meteors"], g["recall"],
+                              g["fp_per_1000"]] for g in b["by_condition"]])
+        if b.get("false_positives_by_flag"):
+            lines += ["", "False positives among frames that hold:", ""]
+            lines += _table(["what", "frames", "false positives", "rate"],
+                            [[f["negatives_with"], f["frames"], f["false_positives"],
+                              f["fp_rate"]] for f in b["false_positives_by_flag"]])
+        lines.append("")
+    parity = raw.get("metrics", {}).get("parity", {})
+    if parity:
+        lines += ["## int8 against fp32", ""]
+        rows = []
+        for key, v in parity.get("models", {}).items():
+            rows.append([key, v.get("recall"), v.get("fp_per_1000")])
+        lines += _table(["graph", f"recall @ {parity.get('threshold')}", "FP / 1,000"], rows)
+        agree = parity.get("onnx_fp32_vs_int8", {})
+        latency = raw.get("metrics", {}).get("latency_ms_1thread_x86", {})
+        timing = ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
+        lines += ["", f"fp32 vs int8 ONNX on {parity.get('frames')} test frames: agreement "
+                  f"{_f(agree.get('agreement'), 4)}, max |Δp| {_f(agree.get('max_abs_diff'), 4)}. "
+                  f"Inference, 1 thread x86: {timing or 'not measured'}.", ""]
+    lines += [
+        "## Known limits",
+        "",
+        "- Simulated training data: real optics, compression, overlays and weather differ. "
+        "Measure on your own nights first (`docs/training.md`, step 5).",
+        "- A satellite crossing a single frame looks like a meteor to a per-frame classifier; "
+        "the daemon's suppression rules (`docs/suppression.md`) look at the neighbouring frames.",
+        "- Meteors fainter than the training cut (above) were never shown to the model as "
+        "positives; the recall-by-brightness table says how it fares on them.",
+        "",
+        "## Fine-tune on your own nights",
+        "",
+        "```sh",
+        "guaita dataset index --folders ~/guaita-work/labels --rest-negative \\",
+        f"    --images ~/guaita-work/images --out ~/guaita-work/data --preprocess "
+        f"{m.preprocessing.id} --size {m.preprocessing.size}",
+        f"guaita train --data ~/guaita-work/data --out ~/guaita-work/model --init-from "
+        f"models/{m.name} --epochs 10 --freeze-epochs 1",
+        "guaita export --model ~/guaita-work/model --out ~/guaita-work/bundle --name my-site "
+        "--version 1.0.0",
+        "guaita evaluate --data ~/guaita-work/data --model ~/guaita-work/bundle "
+        "--out ~/guaita-work/report",
+        "```",
+        "",
+        "The whole procedure, with labelling, is in `docs/training.md`; the recipe that built "
+        "this bundle is `training/recipes/shipped_model.sh`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.model_card", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--report", action="append", default=[], metavar="NAME=DIR",
+                        help="an evaluate output folder (metrics.json), e.g. test=DIR")
+    args = parser.parse_args(argv)
+    reports: dict[str, Path] = {}
+    for item in args.report:
+        name, sep, folder = item.partition("=")
+        if not sep or not (Path(folder) / "metrics.json").is_file():
+            parser.error(f"--report {item!r}: want NAME=DIR with DIR/metrics.json")
+        reports[name] = Path(folder)
+    text = render(args.bundle, reports)
+    (args.bundle / "README.md").write_text(text)
+    print(args.bundle / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
