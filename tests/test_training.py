@@ -316,6 +316,7 @@ def test_model_card_is_rendered_from_the_bundle_and_its_report(bundle: Path, rep
     assert f"{onnx['at_threshold']['fp_per_1000']:.1f} false-positive frames per 1,000" in card
     assert f"preprocessing `{manifest['preprocessing']['id']}`" in card
     assert "Recall by the meteor's peak brightness" in card
+    assert "Status against the project's target" in card and "target recall 0.95" in card
     assert load_bundle(card_bundle).manifest.sha256 == manifest["sha256"]  # still a bundle
     with pytest.raises(SystemExit):
         card_main([str(card_bundle), "--report", "no-equals-sign"])

@@ -42,7 +42,25 @@ def _bundle_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return (onnx or models)[-1]
 
 
-def render(bundle_dir: Path, reports: dict[str, Path]) -> str:
+TARGET_RECALL = 0.95  # what the project asks of a shipped model...
+TARGET_FP_PER_1000 = 10.0  # ...at no more than 1 % false-positive frames
+
+
+def verdict(name: str, metrics: dict[str, Any]) -> str:
+    """One honest line: the best recall the sweep reaches within the false-positive budget."""
+    b = _bundle_metrics(metrics)
+    within = [s for s in b["sweep"] if s["fp_per_1000"] <= TARGET_FP_PER_1000]
+    best = max(within, key=lambda s: s["recall"], default=None)
+    if best is None:
+        return f"on {name}: no swept threshold keeps false positives within the budget."
+    met = "met" if best["recall"] >= TARGET_RECALL else "**not met**"
+    return (f"on {name}, the best recall within {TARGET_FP_PER_1000:g} false-positive frames "
+            f"per 1,000 is {best['recall']:.3f} (threshold {best['threshold']:g}): target "
+            f"recall {TARGET_RECALL} {met}.")
+
+
+def render(bundle_dir: Path, reports: dict[str, Path],
+           figures: dict[str, str] | None = None) -> str:
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
     raw = json.loads((bundle_dir / "manifest.json").read_text())
@@ -62,9 +80,16 @@ def render(bundle_dir: Path, reports: dict[str, Path]) -> str:
         "a measurement on the simulator, not a promise for your camera. Fine-tune on your own "
         "labelled nights (below) before trusting its alerts.",
         "",
-        "## Data",
-        "",
     ]
+    loaded = {name: json.loads((folder / "metrics.json").read_text())
+              for name, folder in reports.items()}
+    if loaded:
+        lines += ["**Status against the project's target** (recall ≥ "
+                  f"{TARGET_RECALL} at ≤ {TARGET_FP_PER_1000:g} false-positive frames per "
+                  "1,000, model alone, before the daemon's suppression rules):", ""]
+        lines += [f"- {verdict(name, metrics)}" for name, metrics in loaded.items()]
+        lines.append("")
+    lines += ["## Data", ""]
     source = data.get("source", {})
     lines.append(f"Source: {source.get('kind', '?')}, {len(source.get('path', []))} simulated "
                  f"cameras (sites), meteors under {source.get('min_peak', '?')} grey levels left "
@@ -81,8 +106,9 @@ def render(bundle_dir: Path, reports: dict[str, Path]) -> str:
         f"{training.get('augmentation', '?')}; {training.get('train_seconds', '?')} s on "
         f"{training.get('device', '?')}.")
     lines += ["", "## Results on held-out nights", ""]
-    for name, folder in reports.items():
-        metrics = json.loads((folder / "metrics.json").read_text())
+    if figures:
+        lines += [f"![{alt}]({link})" for alt, link in figures.items()] + [""]
+    for name, metrics in loaded.items():
         b = _bundle_metrics(metrics)
         a = b["at_threshold"]
         lines += [f"### {name}: {metrics['frames']} frames, {metrics['meteors']} meteor frames, "
@@ -164,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--report", action="append", default=[], metavar="NAME=DIR",
                         help="an evaluate output folder (metrics.json), e.g. test=DIR")
+    parser.add_argument("--figure", action="append", default=[], metavar="ALT=LINK",
+                        help="an image to show, as a link relative to the card")
     args = parser.parse_args(argv)
     reports: dict[str, Path] = {}
     for item in args.report:
@@ -171,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not (Path(folder) / "metrics.json").is_file():
             parser.error(f"--report {item!r}: want NAME=DIR with DIR/metrics.json")
         reports[name] = Path(folder)
-    text = render(args.bundle, reports)
+    figures = dict(item.partition("=")[::2] for item in args.figure)
+    text = render(args.bundle, reports, figures)
     (args.bundle / "README.md").write_text(text)
     print(args.bundle / "README.md")
     return 0

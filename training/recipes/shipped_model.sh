@@ -111,4 +111,9 @@ cards=(--report "held-out test nights=$WORK/report" --report "validation nights 
 if [[ -f "$WORK/report-unseen/metrics.json" ]]; then
   cards+=(--report "an unseen camera (every night is test)=$WORK/report-unseen")
 fi
+# The test nights' curves go to docs/ (not into the bundle, which ships to every Pi).
+cp "$WORK/report/pr.png" "$REPO/docs/img/shipped-model-pr.png"
+cp "$WORK/report/roc.png" "$REPO/docs/img/shipped-model-roc.png"
+cards+=(--figure "precision-recall on the test nights=../../docs/img/shipped-model-pr.png"
+        --figure "ROC on the test nights=../../docs/img/shipped-model-roc.png")
 "$PYTHON" -m training.model_card "$OUT" "${cards[@]}"
