@@ -313,11 +313,14 @@ def step_cost(plan: Plan, tree: Path, bundle: Bundle, fp32: Bundle, ref, work: P
     listing = work / "cost-frames.txt"
     listing.write_text("\n".join(str(p) for p in frames) + "\n")
     warmup = min(5, max(len(frames) // 4, 1))
+    spec = bundle.manifest.preprocessing
+    arch = str(bundle.manifest.training.get("arch", "ResNet")).replace("resnet", "ResNet")
+    what = f"{arch} ({spec.id}, {spec.size} px)"
     runs: list[tuple[str, str, list[str]]] = [
         ("floor", "JPEG decode alone (the floor)", ["floor"]),
-        ("guaita", "guaita: int8 ResNet18 (g1, 160 px) + suppression",
+        ("guaita", f"guaita: int8 {what} + suppression",
          ["guaita", "--bundle", str(bundle.root)]),
-        ("guaita-fp32", "guaita: fp32 ResNet18 (g1, 160 px) + suppression",
+        ("guaita-fp32", f"guaita: fp32 {what} + suppression",
          ["guaita", "--bundle", str(fp32.root)]),
     ]
     if ref is not None and ref.bundle is not None:
@@ -426,8 +429,11 @@ def step_daemon(plan: Plan, long_tree: Path, bundle: Bundle, work: Path) -> dict
     shutil.rmtree(target, ignore_errors=True)
     log.info("daemon: %d frames into a watched folder, one every %.2f s, TLS Mosquitto ...",
              len(frames), plan.daemon_interval_s)
-    result = run_daemon(target, frames, bundle.root, plan.daemon_interval_s)
+    result = run_daemon(target, frames, bundle.root, plan.daemon_interval_s,
+                        threshold=plan.daemon_threshold)
     result["meteor_frames"] = sum(r["meteor"] == "1" for r in rows)
+    result["threshold"] = (plan.daemon_threshold if plan.daemon_threshold is not None
+                           else bundle.manifest.recommended_threshold)
     return result
 
 

@@ -104,8 +104,9 @@ def subscribe(broker, arrivals: Arrivals) -> mqtt.Client:
 # ---------------------------------------------------------------- the run
 
 
-def write_config(work: Path, bundle: Path, broker) -> Path:
+def write_config(work: Path, bundle: Path, broker, threshold: float | None = None) -> Path:
     config = work / "guaita.toml"
+    pinned = f"threshold = {threshold}\n" if threshold is not None else ""
     config.write_text(f"""# written by bench/daemon.py
 observatory = "{THING}"
 timezone = "Europe/Madrid"
@@ -115,7 +116,7 @@ state = "{work / 'state'}"
 model = "{bundle}"
 [detection]
 threads = 1
-[suppression]
+{pinned}[suppression]
 decision_timeout_s = 5.0
 [mqtt]
 enabled = true
@@ -161,7 +162,7 @@ def _wait_ready(sock: socket.socket, proc: subprocess.Popen, log_path: Path,
 
 
 def run_daemon(work: Path, frames: Sequence[Path], bundle: Path, interval_s: float,
-               sample_s: float = 2.0) -> dict[str, Any]:
+               sample_s: float = 2.0, threshold: float | None = None) -> dict[str, Any]:
     """Play `frames` (JPEG files named like AllSky's) into a watched tree; measure."""
     from tests.broker import run_broker  # the test suite's TLS broker harness
 
@@ -173,7 +174,7 @@ def run_daemon(work: Path, frames: Sequence[Path], bundle: Path, interval_s: flo
     with run_broker(work) as broker:
         arrivals = Arrivals()
         sub = subscribe(broker, arrivals)
-        config = write_config(work, bundle, broker)
+        config = write_config(work, bundle, broker, threshold)
         notify = work / "notify.sock"
         notify.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -203,8 +204,22 @@ def run_daemon(work: Path, frames: Sequence[Path], bundle: Path, interval_s: flo
                                     "rss_mb": round(mem["VmRSS"], 1)})
                     stop.wait(sample_s)
 
+            notes: list[str] = []
+
+            def drain() -> None:
+                """Read the notify socket as systemd does, all run long (STATUS, WATCHDOG)."""
+                while not stop.is_set():
+                    try:
+                        notes.append(sock.recv(4096).decode(errors="replace"))
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return
+
             thread = threading.Thread(target=sampler, daemon=True)
             thread.start()
+            drainer = threading.Thread(target=drain, daemon=True)
+            drainer.start()
             closes: dict[str, float] = {}
             order: list[str] = []
             t_start = time.monotonic()
@@ -234,6 +249,7 @@ def run_daemon(work: Path, frames: Sequence[Path], bundle: Path, interval_s: flo
             mem_end = proc_mem_mb(proc.pid)
             stop.set()
             thread.join(timeout=5)
+            drainer.join(timeout=2)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

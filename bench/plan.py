@@ -103,6 +103,10 @@ class Plan:
     train: TrainingSims
     ref: RefPlan
     low_threshold: float = 0.02  # guaita is scanned at this threshold to draw its whole curve
+    # The daemon run measures delivery (latency, CPU, memory), which needs messages: pinned
+    # below the bundle's threshold so that even a weak model alerts on some frames of the long
+    # night. None = the bundle's own threshold.
+    daemon_threshold: float | None = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))

@@ -287,7 +287,9 @@ def section_daemon(r: dict[str, Any]) -> str:
     samples = d["rss_samples"]
     out = ["## The daemon over a long night (issue 4)", "",
            f"`guaita run` as a process (systemd notify socket, default config except the paths, "
-           f"MQTT and a 5 s decision timeout), a real Mosquitto with TLS and required client "
+           f"MQTT, a 5 s decision timeout and the threshold, pinned at {d.get('threshold', '?')} "
+           "so that there are messages to time: this measures delivery, not accuracy), a real "
+           "Mosquitto with TLS and required client "
            f"certificates (`tests/broker.py`), {d['frames']} frames of the long night written "
            f"into the watched folder the way AllSky's `cp` writes them, one every "
            f"{d['interval_s']} s ({d['play_s']} s in all). A subscriber on the same broker "

@@ -41,6 +41,7 @@ class Notifier:
         self._address: str | bytes | None = _address(socket_path) if socket_path else None
         self._sock: socket.socket | None = None
         self._warned = False
+        self.dropped = 0  # messages lost because the socket's queue was full
         self.watchdog_interval_s: float | None = None
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
@@ -65,8 +66,18 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                # Never block the pipeline on the notify socket: if its reader (systemd, or a
+                # test harness) stops reading, its queue fills and a blocking send would hang
+                # frame processing. A dropped STATUS/WATCHDOG is better than a stuck daemon.
+                self._sock.setblocking(False)
             self._sock.sendto("\n".join(lines).encode(), self._address)
             return True
+        except BlockingIOError:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("sd_notify socket %r is full (nobody reading it); dropped %d "
+                            "message(s)", self._address, self.dropped)
+            return False
         except OSError as exc:
             if not self._warned:  # once: systemd gone or socket path wrong
                 log.warning("sd_notify to %r failed: %s", self._address, exc)

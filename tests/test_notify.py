@@ -148,3 +148,19 @@ def test_vanished_socket_never_raises(tmp_path, caplog):
 def test_invalid_watchdog_usec_disables_the_watchdog(tmp_path, usec):
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "s"), "WATCHDOG_USEC": usec})
     assert not n.watchdog_enabled and not n.watchdog_due()
+
+
+def test_a_full_socket_never_blocks_the_daemon(tmp_path, caplog):
+    """Nobody reads the socket (a stuck systemd, a harness that stopped reading): once its
+    queue is full, notify returns at once and says so, instead of hanging frame processing."""
+    address = str(tmp_path / "notify.sock")
+    with notify_socket(address):
+        notifier = Notifier({"NOTIFY_SOCKET": address})
+        started = time.monotonic()
+        results = [notifier.status(f"frame {i} " + "x" * 200) for i in range(5000)]
+        elapsed = time.monotonic() - started
+    assert results[0] is True
+    assert results[-1] is False and notifier.dropped > 0
+    assert results.count(True) + notifier.dropped == len(results)
+    assert elapsed < 10  # a blocking send would never have returned
+    assert "is full" in caplog.text
