@@ -106,7 +106,7 @@ class Plan:
     # The daemon run measures delivery (latency, CPU, memory), which needs messages: pinned
     # below the bundle's threshold so that even a weak model alerts on some frames of the long
     # night. None = the bundle's own threshold.
-    daemon_threshold: float | None = 0.5
+    daemon_threshold: float | None = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
