@@ -95,7 +95,18 @@ def _play(staging_images: Path, target_images: Path, interval: float) -> int:
     return len(frames)
 
 
-def _summarise(truth_csv: Path, detections: Path) -> dict[str, int]:
+def _scores(db: Path) -> dict[str, float]:
+    """Every frame's score as the daemon recorded it (file name → score)."""
+    import sqlite3
+
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as conn:
+        return {Path(path).name: float(score or 0.0)
+                for path, score in conn.execute("SELECT path, score FROM processed")}
+
+
+def _summarise(truth_csv: Path, detections: Path, db: Path | None = None) -> dict[str, int]:
     with open(truth_csv, newline="") as fh:
         truth = {Path(row["file"]).name: row for row in csv.DictReader(fh)}
     lines = detections.read_text().splitlines() if detections.exists() else []
@@ -111,6 +122,13 @@ def _summarise(truth_csv: Path, detections: Path) -> dict[str, int]:
             alerted.add(event["image"])
         print(f"{event['image']:28} {event['score']:6.3f}  {said:14} {kind}")
     meteors = {name for name, row in truth.items() if row["meteor"] == "1"}
+    # The meteors it did not alert on, so a quiet demo still shows what it saw.
+    scores = _scores(db) if db is not None else {}
+    for name in sorted(meteors - alerted):
+        peak = truth[name].get("meteor_peak", "")
+        said = "missed" if name in scores else "not scored"
+        score = f"{scores[name]:6.3f}" if name in scores else "     –"
+        print(f"{name:28} {score}  {said:14} meteor (peak {peak} grey levels)")
     summary = {
         "frames": len(truth),
         "meteors_in_truth": len(meteors),
@@ -153,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
         sock.close()
-    _summarise(truth_csv, out / "detections.jsonl")
+    _summarise(truth_csv, out / "detections.jsonl", out / "state" / "processed.sqlite")
     print(f"events (JSON, as sent over MQTT): {out / 'detections.jsonl'}")
     return 0 if proc.returncode == 0 else 1
 
