@@ -204,13 +204,11 @@ def run_daemon(work: Path, frames: Sequence[Path], bundle: Path, interval_s: flo
                                     "rss_mb": round(mem["VmRSS"], 1)})
                     stop.wait(sample_s)
 
-            notes: list[str] = []
-
             def drain() -> None:
                 """Read the notify socket as systemd does, all run long (STATUS, WATCHDOG)."""
                 while not stop.is_set():
                     try:
-                        notes.append(sock.recv(4096).decode(errors="replace"))
+                        sock.recv(4096)
                     except TimeoutError:
                         continue
                     except OSError:
