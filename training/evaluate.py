@@ -368,6 +368,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table, one line per row, values as the reports format them."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows])
+
+
 class Report:
     """Blocks rendered twice: Markdown (report.md) and a self-contained-ish HTML page."""
 
@@ -384,11 +390,7 @@ class Report:
         self.html.append(f"<p>{html.escape(text)}</p>")
 
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
-        self.md.append("| " + " | ".join(header) + " |")
-        self.md.append("|" + "---|" * len(header))
-        for row in rows:
-            self.md.append("| " + " | ".join(_fmt(v) for v in row) + " |")
-        self.md.append("")
+        self.md += [*markdown_table(header, rows), ""]
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
                        + "</tr>" for row in rows)

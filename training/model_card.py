@@ -17,22 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.bundle import load_bundle
+from training.evaluate import _fmt
+from training.evaluate import markdown_table as _table
 
+NAN = float("nan")
 SWEEP_SHOWN = (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
-    return out
 
 
 def _bundle_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +52,10 @@ def render(bundle_dir: Path, reports: dict[str, Path],
            figures: dict[str, str] | None = None) -> str:
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
-    raw = json.loads((bundle_dir / "manifest.json").read_text())
-    training = raw.get("training", {})
+    # The loaded manifest drops keys the edge does not need, such as the threshold rule.
+    threshold_rule = json.loads((bundle_dir / "manifest.json").read_text()).get(
+        "threshold_rule", "rule not recorded")
+    training = m.training
     data = training.get("data", {})
     splits = data.get("splits", {})
     lines = [f"# Model card: {m.name} {m.version}", ""]
@@ -74,7 +65,7 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         f"preprocessing `{m.preprocessing.id}` (`edge/preprocess.py`), "
         f"{bundle.model_path.stat().st_size / 1e6:.1f} MB. "
         f"Recommended threshold **{m.recommended_threshold:g}** "
-        f"({raw.get('threshold_rule', 'rule not recorded')}).",
+        f"({threshold_rule}).",
         "",
         "**Trained on simulated skies only** (`guaita simulate`): treat every number below as "
         "a measurement on the simulator, not a promise for your camera. Fine-tune on your own "
@@ -140,7 +131,7 @@ def render(bundle_dir: Path, reports: dict[str, Path],
                             [[f["negatives_with"], f["frames"], f["false_positives"],
                               f["fp_rate"]] for f in b["false_positives_by_flag"]])
         lines.append("")
-    parity = raw.get("metrics", {}).get("parity", {})
+    parity = m.metrics.get("parity", {})
     if parity:
         lines += ["## int8 against fp32", ""]
         rows = []
@@ -148,10 +139,11 @@ def render(bundle_dir: Path, reports: dict[str, Path],
             rows.append([key, v.get("recall"), v.get("fp_per_1000")])
         lines += _table(["graph", f"recall @ {parity.get('threshold')}", "FP / 1,000"], rows)
         agree = parity.get("onnx_fp32_vs_int8", {})
-        latency = raw.get("metrics", {}).get("latency_ms_1thread_x86", {})
+        latency = m.metrics.get("latency_ms_1thread_x86", {})
         timing = ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
         lines += ["", f"fp32 vs int8 ONNX on {parity.get('frames')} test frames: agreement "
-                  f"{_f(agree.get('agreement'), 4)}, max |Δp| {_f(agree.get('max_abs_diff'), 4)}. "
+                  f"{_fmt(agree.get('agreement', NAN))}, "
+                  f"max |Δp| {_fmt(agree.get('max_abs_diff', NAN))}. "
                   f"Inference, 1 thread x86: {timing or 'not measured'}.", ""]
     lines += [
         "## Known limits",
