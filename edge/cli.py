@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "fine-tune a ResNet with fastai"),
     "evaluate": ("training.evaluate", "evaluate a model on held-out nights, write a report"),
     "export": ("training.export", "export ONNX, quantize to int8, check parity, write bundle"),
+    "alert-threshold": ("training.alert_threshold",
+                        "choose a bundle's threshold by its pipeline alerts on validation nights"),
     "model": ("edge.model_admin", "publish, list, show or roll back model bundles"),
     "bridge": ("cloud.bridge", "local stand-in for the IoT rule: MQTT → ingest handler"),
     "provision": ("edge.provision", "register this Pi as an AWS IoT thing, install its cert"),

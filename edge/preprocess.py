@@ -33,6 +33,18 @@ Variants
               a streak lights both; max over directions, in its own noise σ, soft-thresholded
               at ``line_k`` and max-pooled to the output size;
           c2  the current frame, area-resized.
+``m1``  candidate mosaic: instead of shrinking the whole sky 8x (where a 1-px streak a few
+        grey levels bright all but vanishes), the g2 line map *proposes* where a streak might
+        be and the network sees those places at full resolution. The ``tiles`` x ``tiles``
+        strongest line-map maxima (non-maximum suppressed within ``nms_radius`` line-map px,
+        ranked row by row) each give one ``size / tiles`` px tile cut from the full-resolution
+        frame:
+          c0  what appeared: g1's soft-thresholded normalised difference;
+          c1  what vanished: the same of the negated difference (a moving cloud edge or the
+              previous frame's satellite lights it; a meteor does not);
+          c2  the current frame (local context: stars, cloud texture, moon glow).
+        Fewer candidates than tiles leave black tiles. On held-out simulated nights the 16
+        strongest maxima held 92 % of the meteors peaking at 15 grey levels or more.
 """
 
 from __future__ import annotations
@@ -68,6 +80,8 @@ class PreprocessSpec:
     line_length: int = 9  # g2: line kernel side, in downscaled px (odd)
     line_k: float = 2.5  # g2: line-map knee, in σ of the line response
     line_gain: float = 12.0  # g2: grey levels per σ above the knee
+    tiles: int = 4  # m1: mosaic of tiles x tiles candidate crops
+    nms_radius: int = 12  # m1: candidates at least this far apart, in line-map px
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,15 +111,27 @@ class PreprocessSpec:
                 f"preprocessing line_length must be odd and >= 3, got {spec.line_length}")
         if spec.line_width < 16:
             raise PreprocessError(f"preprocessing line_width must be >= 16, got {spec.line_width}")
+        if spec.id == "m1" and (spec.tiles < 1 or spec.size % spec.tiles
+                                or spec.size // spec.tiles < 8):
+            raise PreprocessError(
+                f"m1 needs size divisible by tiles into tiles of >= 8 px, got size {spec.size}, "
+                f"tiles {spec.tiles}")
+        if spec.nms_radius < 1:
+            raise PreprocessError(f"preprocessing nms_radius must be >= 1, got {spec.nms_radius}")
         return spec
 
     def fingerprint(self) -> str:
         """Short stable hash: cache keys for preprocessed training images."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        params = self.to_dict()
+        if self.id != "m1":  # m1's own knobs do not change other variants' images (or caches)
+            for name in M1_ONLY:
+                params.pop(name)
+        blob = json.dumps(params, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-VARIANT_CHANNELS = {"v4": 1, "g1": 3, "g2": 3}
+VARIANT_CHANNELS = {"v4": 1, "g1": 3, "g2": 3, "m1": 3}
+M1_ONLY = ("tiles", "nms_radius")
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -268,7 +294,55 @@ def _g2(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
     return np.dstack([c0, c1, c2])
 
 
-_VARIANTS = {"v4": _v4, "g1": _g1, "g2": _g2}
+def line_candidates(response: np.ndarray, count: int, radius: int) -> list[tuple[int, int]]:
+    """The `count` strongest positive local maxima of a line map, (row, col), strongest first."""
+    if count <= 0 or response.size == 0:
+        return []
+    window = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
+    peaks = (response >= cv2.dilate(response, window)) & (response > 0)
+    ys, xs = np.nonzero(peaks)
+    order = np.argsort(-response[ys, xs], kind="stable")
+    chosen: list[tuple[int, int]] = []
+    for i in order:  # plateaus give several equal maxima: keep them `radius` apart too
+        y, x = int(ys[i]), int(xs[i])
+        if all(max(abs(y - cy), abs(x - cx)) > radius for cy, cx in chosen):
+            chosen.append((y, x))
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def _crop(image: np.ndarray, cy: int, cx: int, side: int) -> np.ndarray:
+    """side x side window centred on (cy, cx), shifted to stay inside the image when it can."""
+    h, w = image.shape
+    y0 = min(max(cy - side // 2, 0), max(h - side, 0))
+    x0 = min(max(cx - side // 2, 0), max(w - side, 0))
+    window = image[y0:y0 + side, x0:x0 + side]
+    if window.shape == (side, side):
+        return window
+    out = np.zeros((side, side), image.dtype)  # frame smaller than a tile
+    out[:window.shape[0], :window.shape[1]] = window
+    return out
+
+
+def _m1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+    norm = _normalised_difference(spec, previous, current, mask)
+    lines = line_response(norm, spec)
+    side = spec.size // spec.tiles
+    fy, fx = norm.shape[0] / lines.shape[0], norm.shape[1] / lines.shape[1]
+    mosaic = np.zeros((spec.size, spec.size, 3), np.uint8)
+    for k, (y, x) in enumerate(line_candidates(lines, spec.tiles**2, spec.nms_radius)):
+        cy, cx = int((y + 0.5) * fy), int((x + 0.5) * fx)
+        level = _crop(norm, cy, cx, side)
+        row, col = divmod(k, spec.tiles)
+        tile = mosaic[row * side:(row + 1) * side, col * side:(col + 1) * side]
+        tile[:, :, 0] = _soft(level, spec.k_sigma, spec.gain)
+        tile[:, :, 1] = _soft(-level, spec.k_sigma, spec.gain)
+        tile[:, :, 2] = _crop(current, cy, cx, side)
+    return mosaic
+
+
+_VARIANTS = {"v4": _v4, "g1": _g1, "g2": _g2, "m1": _m1}
 
 
 @dataclass(frozen=True)

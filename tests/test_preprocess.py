@@ -9,6 +9,7 @@ from edge.preprocess import (
     Preprocessor,
     PreprocessSpec,
     decode_gray,
+    line_candidates,
     positive_difference,
     read_gray,
     robust_sigma,
@@ -140,6 +141,56 @@ def test_g2_parameters_are_checked():
     tiny = Preprocessor(PreprocessSpec(id="g2", size=16))(np.zeros((8, 8), np.uint8),
                                                            np.zeros((8, 8), np.uint8))
     assert tiny.shape == (16, 16, 3)  # frames smaller than the input still work
+
+
+def test_m1_puts_a_faint_streak_in_a_full_resolution_tile():
+    prev, cur = _noisy_pair(7)
+    streak = np.zeros_like(cur)
+    cv2.line(streak, (400, 300), (560, 380), 10.0, 2)  # 10 grey levels: faint after an 8x shrink
+    stars = np.zeros_like(cur)
+    rng = np.random.default_rng(8)
+    for x, y in rng.integers(20, 460, (40, 2)):
+        cv2.circle(stars, (int(x), int(y)), 1, 60.0, -1)
+    spec = PreprocessSpec.from_dict({"id": "m1", "size": 96, "tiles": 3, "line_width": 160})
+    out = Preprocessor(spec)(_u8(prev), _u8(cur + streak + stars))
+    assert out.shape == (96, 96, 3) and out.dtype == np.uint8
+    # Some tile shows the streak at full resolution: a line of lit pixels in the streak's own
+    # direction (slope 0.5, unscaled), with nothing vanished along it.
+    def holds_the_streak(tile: np.ndarray) -> bool:
+        appeared, vanished = tile[:, :, 0].astype(float), tile[:, :, 1].astype(float)
+        ys, xs = np.nonzero(appeared > 40)
+        if len(xs) < 25 or np.ptp(xs) < 20:
+            return False
+        slope = np.polyfit(xs, ys, 1)[0]
+        return abs(slope - 0.5) < 0.15 and vanished.mean() < 0.2 * appeared.mean()
+
+    tiles = [out[r:r + 32, c:c + 32] for r in (0, 32, 64) for c in (0, 32, 64)]
+    assert sum(holds_the_streak(t) for t in tiles) >= 1
+    # g2's whole-sky image of the same size: the streak is a few dim pixels
+    g2 = Preprocessor(PreprocessSpec(id="g2", size=96))(_u8(prev), _u8(cur + streak + stars))
+    assert (g2[:, :, 0] > 40).sum() < (out[:, :, 0] > 40).sum()
+
+
+def test_m1_candidates_are_ranked_and_apart():
+    response = np.zeros((50, 50), np.float32)
+    response[10, 10], response[11, 11], response[40, 30], response[25, 5] = 5.0, 4.0, 3.0, 1.0
+    assert line_candidates(response, 3, radius=3) == [(10, 10), (40, 30), (25, 5)]
+    assert line_candidates(response, 2, radius=3) == [(10, 10), (40, 30)]
+    flat = np.ones((20, 20), np.float32)  # a plateau is one candidate per radius, not 400
+    assert len(line_candidates(flat, 100, radius=4)) <= 16
+    assert line_candidates(np.zeros((20, 20), np.float32), 5, radius=2) == []
+
+
+def test_m1_blank_and_tiny_frames_give_black_tiles():
+    spec = PreprocessSpec.from_dict({"id": "m1", "size": 64, "tiles": 4})
+    blank = np.zeros((64, 64), np.uint8)
+    assert not Preprocessor(spec)(blank, blank).any()
+    tiny = Preprocessor(spec)(np.zeros((8, 8), np.uint8), np.full((8, 8), 9, np.uint8))
+    assert tiny.shape == (64, 64, 3)
+    with pytest.raises(PreprocessError, match="divisible"):
+        PreprocessSpec.from_dict({"id": "m1", "size": 100, "tiles": 3})
+    with pytest.raises(PreprocessError, match="nms_radius"):
+        PreprocessSpec.from_dict({"id": "m1", "size": 96, "tiles": 3, "nms_radius": 0})
 
 
 def test_robust_sigma_of_gaussian_noise():

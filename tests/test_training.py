@@ -48,7 +48,8 @@ def sim(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def indexed(work: Path, sim: Path) -> Path:
     out = work / "data"
-    rc = main(["dataset", "index", "--truth", str(sim), "--out", str(out), "--preprocess", "g2",
+    # m1, the shipped model's variant (16-px candidate tiles at this size).
+    rc = main(["dataset", "index", "--truth", str(sim), "--out", str(out), "--preprocess", "m1",
                "--size", "64", "--workers", "2", "--no-progress", "--seed", "1"])
     assert rc == 0
     return out
@@ -131,7 +132,7 @@ def test_index_is_resumable(indexed: Path, sim: Path):
     before = kept.stat().st_mtime_ns
     removed.unlink()
     rc = main(["dataset", "index", "--truth", str(sim), "--out", str(indexed), "--size", "64",
-               "--workers", "1", "--no-progress", "--seed", "1"])
+               "--preprocess", "m1", "--workers", "1", "--no-progress", "--seed", "1"])
     assert rc == 0
     assert kept.stat().st_mtime_ns == before  # not rewritten
     assert removed.is_file()  # the missing one was made again
@@ -320,3 +321,39 @@ def test_model_card_is_rendered_from_the_bundle_and_its_report(bundle: Path, rep
     assert load_bundle(card_bundle).manifest.sha256 == manifest["sha256"]  # still a bundle
     with pytest.raises(SystemExit):
         card_main([str(card_bundle), "--report", "no-equals-sign"])
+
+
+def test_alert_threshold_budgets_pipeline_alerts(bundle: Path, indexed: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    before = load_bundle(copy).manifest
+    out = tmp_path / "alerts.json"
+    rc = main(["alert-threshold", "--bundle", str(copy), "--data", str(indexed),
+               "--rule", "fp:0.05", "--report", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    after = load_bundle(copy).manifest  # still a valid bundle, same ONNX
+    assert after.sha256 == before.sha256
+    assert after.recommended_threshold == report["threshold"]
+    assert after.metrics["alerts"]["rule"] == "fp:0.05"
+    df, _ = load_index(indexed)
+    valid_frames = int((df["split"] == "valid").sum())
+    assert report["valid"]["pipeline"]["frames"] == valid_frames
+    # Alert scores are the model's scores with suppressed frames zeroed: the pipeline can never
+    # alert more, nor find more meteors, than the classifier at any threshold.
+    for row in report["sweep_valid"]:
+        assert row["pipeline"]["fp"] <= row["classifier"]["fp"]
+        assert row["pipeline"]["tp"] <= row["classifier"]["tp"]
+    test = report["test"]
+    assert test["pipeline"]["frames"] == int((df["split"] == "test").sum())
+    assert test["pipeline"]["fp"] <= test["classifier"]["fp"]
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["threshold_rule"].startswith("fp:0.05 on validation-night pipeline alerts")
+    # ...and the model card shows what the daemon would alert on.
+    from training.model_card import render
+
+    card = render(copy, {})
+    assert "What the daemon alerts on" in card
+    assert f"| model + suppression (alerts) | {test['pipeline']['recall']:.4f}" in card

@@ -261,3 +261,50 @@ def test_min_peak_needs_simulator_truth(tmp_path: Path, caplog):
                str(tmp_path), "--out", str(tmp_path / "out"), "--min-peak", "10"])
     assert rc == 2
     assert "--min-peak needs --truth" in caplog.text
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_mosaic_augmentation_keeps_every_tile_whole():
+    """m1 tiles survive augmentation intact (only flipped/turned); whole-sky variants rotate."""
+    import torch
+    from fastai.vision.all import TensorImage
+
+    from training.train import DIHEDRAL_AUGMENTATION, ROTATE_AUGMENTATION, augmentations
+
+    tfms, described = augmentations("m1")
+    assert described == DIHEDRAL_AUGMENTATION
+    assert augmentations("g2")[1] == ROTATE_AUGMENTATION
+    # A 4x4 mosaic whose tiles are each one constant value: after any augmentation each 8x8
+    # tile must still be a single value, and the 16 values the same set.
+    values = torch.arange(16, dtype=torch.float32).reshape(4, 4) * 10
+    mosaic = values.repeat_interleave(8, 0).repeat_interleave(8, 1)
+    batch = TensorImage(mosaic.expand(16, 3, 32, 32).clone())
+    out = batch
+    for tfm in tfms:
+        out = tfm(out, split_idx=0)
+    tiles = out[:, 0].reshape(16, 4, 8, 4, 8)
+    assert torch.allclose(tiles.amin(dim=(2, 4)), tiles.amax(dim=(2, 4)), atol=1e-3)
+    for image in out[:, 0]:
+        assert sorted(image[::8, ::8].flatten().round().tolist()) == values.flatten().tolist()
+    assert any(not torch.equal(image, batch[0, 0]) for image in out[:, 0])  # it did transform
+
+
+# ---------------------------------------------------------------- alert threshold
+
+
+def test_alert_scores_zero_what_the_pipeline_suppressed():
+    import pandas as pd
+
+    from training.alert_threshold import alert_scores, night_folders
+
+    rows = pd.DataFrame({"frame": ["/n/20261101/a.jpg", "/n/20261101/b.jpg", "/n/20261102/c.jpg"]})
+    results = {"/n/20261101/a.jpg": {"score": 0.9, "alert": True, "suppressed": None},
+               "/n/20261101/b.jpg": {"score": 0.95, "alert": False, "suppressed": "satellite"},
+               "/n/20261102/c.jpg": {"score": 0.2, "alert": False, "suppressed": None}}
+    assert alert_scores(rows, results).tolist() == [0.9, 0.0, 0.2]
+    assert [p.name for p in night_folders(rows)] == ["20261101", "20261102"]
+    del results["/n/20261102/c.jpg"]
+    with pytest.raises(TrainingError, match="did not score"):
+        alert_scores(rows, results)

@@ -478,7 +478,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="every unlabelled frame of a labelled night is no-meteor")
     p.add_argument("--out", type=Path, required=True, help="output folder (index.csv, cache/)")
     p.add_argument("--cache", type=Path, help="preprocessed image cache root (default OUT/cache)")
-    p.add_argument("--preprocess", choices=["g2", "g1", "v4"], default="g2",
+    p.add_argument("--preprocess", choices=["g2", "m1", "g1", "v4"], default="g2",
                    help="preprocessing variant (edge.preprocess); default g2")
     p.add_argument("--size", type=int, default=224, help="model input size (default 224)")
     p.add_argument("--mask", type=Path, help="mask image, black = ignore (as the edge's)")

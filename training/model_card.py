@@ -48,6 +48,43 @@ def verdict(name: str, metrics: dict[str, Any]) -> str:
             f"recall {TARGET_RECALL} {met}.")
 
 
+def alerts_section(alerts: dict[str, Any] | None) -> list[str]:
+    """What the Pi would alert on: `guaita alert-threshold`'s pipeline runs, if it was run."""
+    if not alerts:
+        return []
+    lines = ["## What the daemon alerts on (model + suppression rules)", "",
+             f"The threshold was chosen by `guaita alert-threshold` (rule `{alerts['rule']}`): "
+             "the validation nights' every frame through the edge pipeline, and a satellite or "
+             "aircraft frame the suppression rules remove no longer counts as a false alarm. "
+             f"Result: {alerts['why']}.", ""]
+    test = alerts.get("test")
+    if test:
+        c, p = test["classifier"], test["pipeline"]
+        lines += [f"Test nights ({c['frames']} frames, {c['meteors']} meteor frames) run as the "
+                  f"Pi runs them, threshold {alerts['threshold']:g}:", ""]
+        lines += _table(["", "meteor recall", "false positives / 1,000 frames"],
+                        [["model alone", c["recall"], c["fp_per_1000"]],
+                         ["model + suppression (alerts)", p["recall"], p["fp_per_1000"]]])
+        shares = test.get("suppressed_over_threshold", {})
+        if shares:
+            lines += ["", "Of the frames the model scored over the threshold, suppressed:", ""]
+            lines += _table(["frames holding", "over threshold", "suppressed", "share"],
+                            [[k, v["over_threshold"], v["suppressed"],
+                              v["suppressed_share"] if v["suppressed_share"] is not None
+                              else NAN] for k, v in shares.items()])
+        lines.append("")
+    sweep = alerts.get("sweep_valid", [])
+    if sweep:
+        lines += ["Validation nights, threshold sweep:", ""]
+        lines += _table(["threshold", "recall (model)", "FP / 1,000 (model)",
+                         "recall (alerts)", "false alerts / 1,000"],
+                        [[r["threshold"], r["classifier"]["recall"],
+                          r["classifier"]["fp_per_1000"], r["pipeline"]["recall"],
+                          r["pipeline"]["fp_per_1000"]] for r in sweep])
+        lines.append("")
+    return lines
+
+
 def render(bundle_dir: Path, reports: dict[str, Path],
            figures: dict[str, str] | None = None) -> str:
     bundle = load_bundle(bundle_dir)
@@ -80,6 +117,7 @@ def render(bundle_dir: Path, reports: dict[str, Path],
                   "1,000, model alone, before the daemon's suppression rules):", ""]
         lines += [f"- {verdict(name, metrics)}" for name, metrics in loaded.items()]
         lines.append("")
+    lines += alerts_section(m.metrics.get("alerts"))
     lines += ["## Data", ""]
     source = data.get("source", {})
     lines.append(f"Source: {source.get('kind', '?')}, {len(source.get('path', []))} simulated "
@@ -165,6 +203,7 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         f"models/{m.name} --epochs 10 --freeze-epochs 1",
         "guaita export --model ~/guaita-work/model --out ~/guaita-work/bundle --name my-site "
         "--version 1.0.0",
+        "guaita alert-threshold --bundle ~/guaita-work/bundle --data ~/guaita-work/data",
         "guaita evaluate --data ~/guaita-work/data --model ~/guaita-work/bundle "
         "--out ~/guaita-work/report",
         "```",

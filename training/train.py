@@ -7,9 +7,10 @@ there into the model bundle's manifest.
 
 Choices, and why:
   * augmentation suits all-sky images: any rotation (max 180°) and flips both ways (the sky has
-    no "up"), no warp and no zoom (they would change streak width and length), reflection
-    padding (zero padding cut the 2021 meteor recall from 0.98 to 0.79), no lighting jitter
-    (the difference channels are in calibrated noise units).
+    no "up"; for m1's tile mosaic the 8 flips and quarter turns instead), no warp and no zoom
+    (they would change streak width and length), reflection padding (zero padding cut the 2021
+    meteor recall from 0.98 to 0.79), no lighting jitter (the difference channels are in
+    calibrated noise units).
   * balance "undersample" draws a fresh random subset of non-meteors every epoch (the 2021
     recipe used one fixed subset; a new draw each epoch shows the net more hard negatives at the
     same cost); "weighted" keeps every frame and weights the loss by inverse class frequency.
@@ -47,11 +48,24 @@ log = logging.getLogger(__name__)
 CLASSES = (METEOR, NOT_METEOR)  # fastai's vocab order (sorted); the meteor column is 0
 
 
-def augmentations() -> list:
+ROTATE_AUGMENTATION = "rotate<=180, flip h+v, no warp, no zoom, reflection pad, no lighting"
+# A mosaic of candidate tiles (m1) rotated by an arbitrary angle would smear tiles into each
+# other; the 8 flips/quarter turns keep every tile whole and still show streaks at any
+# orientation class.
+DIHEDRAL_AUGMENTATION = "dihedral (flips and quarter turns), no warp, no zoom, no lighting"
+
+
+def augmentations(preprocess_id: str) -> tuple[list, str]:
+    """Batch transforms for this preprocessing variant, and how to describe them."""
     from fastai.vision.all import aug_transforms
 
+    if preprocess_id == "m1":
+        return aug_transforms(max_rotate=0.0, min_zoom=1.0, max_zoom=1.0, max_warp=0.0,
+                              max_lighting=0.0, do_flip=True, flip_vert=True,
+                              p_affine=1.0), DIHEDRAL_AUGMENTATION
     return aug_transforms(max_rotate=180.0, min_zoom=1.0, max_zoom=1.0, max_warp=0.0,
-                          max_lighting=0.0, do_flip=True, flip_vert=True, pad_mode="reflection")
+                          max_lighting=0.0, do_flip=True, flip_vert=True,
+                          pad_mode="reflection"), ROTATE_AUGMENTATION
 
 
 def resolve_pretrained(arch: str, pretrained: bool) -> dict[str, Any]:
@@ -70,7 +84,7 @@ def resolve_pretrained(arch: str, pretrained: bool) -> dict[str, Any]:
 
 
 def make_dataloaders(df, bs: int, balance: str, neg_ratio: float, seed: int, device,
-                     num_workers: int):
+                     num_workers: int, preprocess_id: str):
     from fastai.vision.all import (
         CategoryBlock,
         ColReader,
@@ -85,7 +99,7 @@ def make_dataloaders(df, bs: int, balance: str, neg_ratio: float, seed: int, dev
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(CLASSES))),
         get_x=ColReader("path"), get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
-        batch_tfms=[*augmentations(), Normalize.from_stats(*imagenet_stats)],
+        batch_tfms=[*augmentations(preprocess_id)[0], Normalize.from_stats(*imagenet_stats)],
     )
     from training._balanced import BalancedDL
 
@@ -202,8 +216,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss_func = CrossEntropyLossFlat(weight=torch.tensor(weights, device=device))
     elif args.balance == "undersample":
         class_weights(train_labels)  # same "both classes present" check
+    spec = dmeta["preprocessing"]
     dls = make_dataloaders(df, args.batch_size, args.balance, args.neg_ratio, args.seed, device,
-                           args.num_workers)
+                           args.num_workers, spec["id"])
     if list(dls.vocab) != list(CLASSES):
         raise TrainingError(f"unexpected class vocabulary {list(dls.vocab)}")
     metrics = [accuracy, Recall(pos_label=0), Precision(pos_label=0)]
@@ -258,7 +273,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                for row in learn.recorder.values]
     epochs_run = args.epochs + (args.freeze_epochs if warm else 0)
     images_seen = len(dls.train) * args.batch_size * epochs_run
-    spec = dmeta["preprocessing"]
     meta = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "arch": args.arch,
@@ -273,7 +287,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "balance": args.balance,
         "neg_ratio": args.neg_ratio if args.balance == "undersample" else None,
         "class_weights": weights,
-        "augmentation": "rotate<=180, flip h+v, no warp, no zoom, reflection pad, no lighting",
+        "augmentation": augmentations(spec["id"])[1],
         "classes": list(CLASSES),
         "channels": PreprocessSpec.from_dict(spec).channels,
         "input_adapter": "grey replicated to 3 channels" if spec["id"] == "v4" else "none",

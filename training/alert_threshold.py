@@ -1,0 +1,204 @@
+"""``guaita alert-threshold``: choose a bundle's recommended threshold by the *alerts* it causes.
+
+`guaita export` chooses the threshold from the classifier alone, so every satellite and aircraft
+frame scored high counts as a false alarm. On the Pi those frames rarely become alerts: the
+suppression rules (edge/decide.py) see them continue in the neighbouring frames. A threshold
+budgeted on classifier positives is therefore far too cautious: it gives up meteors to silence
+streaks the pipeline would have silenced anyway.
+
+This step runs the edge's own pipeline (decode, preprocess, the bundle's model, the default
+suppression with its learned mask; `edge.scan`) over the *whole* frame sequence of every
+validation night, and scores each labelled frame as the Pi would alert on it: its model score
+where the pipeline would alert, 0 where a rule suppressed it. The threshold rule (``fp:F``:
+the lowest threshold whose non-meteor alerts stay within F of all frames) is applied to those
+alert scores, and the bundle's manifest gets the threshold, the rule and the measured numbers.
+
+The suppression verdicts are taken from one run at threshold 0, where every frame is a
+candidate (a rule's verdict on a frame does not depend on the threshold, except that a
+"duplicate" needs its twin to have been an alert). The test nights are then run again at the
+chosen threshold, exactly as the Pi would run them, and both the classifier-alone and the
+pipeline numbers go into the manifest: those are the figures a model card quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training._common import METEOR, TrainingError, load_index
+from training._metrics import at_threshold, choose_threshold
+
+log = logging.getLogger(__name__)
+
+
+def night_folders(rows) -> list[Path]:
+    """The AllSky night folders holding the index rows' frames, in a stable order."""
+    return sorted({Path(p).parent for p in rows["frame"]})
+
+
+def run_pipeline(bundle: Path, nights: list[Path], threshold: float,
+                 threads: int = 1) -> dict[str, dict[str, Any]]:
+    """Every frame of `nights` through the edge pipeline: {frame path: score, alert, reason}."""
+    from edge.config import parse_config
+    from edge.decide import AutoMask
+    from edge.frames import list_frames
+    from edge.model import open_scorer
+    from edge.pipeline import make_pipeline
+    from edge.scan import scan_decisions
+
+    cfg = parse_config("", source="<built-in defaults>")  # what a fresh install runs
+    cfg = replace(cfg, detection=replace(cfg.detection, threshold=threshold, threads=threads))
+    scorer = open_scorer(bundle, threads=threads)
+    out: dict[str, dict[str, Any]] = {}
+    for night in nights:
+        # One pipeline per night, as the daemon starts a night: a fresh learned mask included.
+        auto_mask = AutoMask() if cfg.suppression.enabled and cfg.suppression.auto_mask else None
+        pipeline = make_pipeline(cfg, scorer, auto_mask)
+        for decision in scan_decisions(pipeline, list_frames(night), progress=False):
+            out[str(decision.frame.path)] = {"score": float(decision.score),
+                                             "alert": decision.alert,
+                                             "suppressed": decision.suppressed}
+        log.info("  %s: %d frames", night.name, len(list_frames(night)))
+    return out
+
+
+def alert_scores(rows, results: dict[str, dict[str, Any]]) -> np.ndarray:
+    """Per index row: the model score where the pipeline would not suppress it, else 0."""
+    scores = []
+    for path in rows["frame"]:
+        r = results.get(str(path))
+        if r is None:
+            raise TrainingError(f"{path}: the pipeline did not score this frame (unreadable?)")
+        scores.append(0.0 if r["suppressed"] else r["score"])
+    return np.asarray(scores, dtype=np.float64)
+
+
+def _flag(rows, column: str):
+    """A 0/1 truth column as booleans (all False when the labels have no such column)."""
+    import pandas as pd
+
+    if column not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return pd.to_numeric(rows[column], errors="coerce").fillna(0) > 0
+
+
+def _suppressed_shares(rows, results: dict[str, dict[str, Any]], threshold: float) -> dict:
+    """Among frames the classifier puts over `threshold`: how many each rule removed."""
+    out: dict[str, Any] = {}
+    for name, kind in (("meteor", rows["label"] == METEOR),
+                       ("satellite", _flag(rows, "satellite")),
+                       ("aircraft", _flag(rows, "aircraft"))):
+        over = [results[str(p)] for p in rows.loc[kind, "frame"]
+                if results[str(p)]["score"] >= threshold]
+        removed = sum(1 for r in over if r["suppressed"])
+        out[name] = {"over_threshold": len(over), "suppressed": removed,
+                     "suppressed_share": removed / len(over) if over else None}
+    return out
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("threshold", "frames", "meteors", "tp", "fp", "fn", "precision", "recall",
+            "fp_per_1000")
+    return {k: m[k] for k in keys}
+
+
+def choose(args: argparse.Namespace) -> dict[str, Any]:
+    from edge.bundle import MANIFEST_NAME, load_bundle
+
+    bundle = load_bundle(args.bundle)
+    df, _ = load_index(args.data)
+    if "frame" not in df.columns:
+        raise TrainingError(f"{args.data}: the index has no frame paths")
+    valid, test = df[df["split"] == "valid"], df[df["split"] == "test"]
+    if valid.empty or not (valid["label"] == METEOR).any():
+        raise TrainingError("the validation nights hold no meteor: cannot choose a threshold")
+
+    log.info("validation nights through the pipeline (threshold 0: every frame a candidate)")
+    v_results = run_pipeline(bundle.root, night_folders(valid), 0.0, args.threads)
+    yv = (valid["label"] == METEOR).to_numpy()
+    classifier_v = np.asarray([v_results[str(p)]["score"] for p in valid["frame"]])
+    pipeline_v = alert_scores(valid, v_results)
+    threshold, why = choose_threshold(yv, pipeline_v, args.rule)
+    log.info("alert threshold %.3f: %s", threshold, why)
+    report: dict[str, Any] = {
+        "rule": args.rule, "threshold": threshold, "why": why,
+        "valid": {"classifier": _summary(at_threshold(yv, classifier_v, threshold)),
+                  "pipeline": _summary(at_threshold(yv, pipeline_v, threshold)),
+                  "suppressed_over_threshold": _suppressed_shares(valid, v_results, threshold)},
+        "sweep_valid": [
+            {"threshold": t,
+             "classifier": _summary(at_threshold(yv, classifier_v, t)),
+             "pipeline": _summary(at_threshold(yv, pipeline_v, t))}
+            for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)],
+    }
+    if not test.empty and not args.no_test:
+        log.info("test nights through the pipeline at threshold %.3f, as the Pi runs them",
+                 threshold)
+        t_results = run_pipeline(bundle.root, night_folders(test), threshold, args.threads)
+        yt = (test["label"] == METEOR).to_numpy()
+        classifier_t = np.asarray([t_results[str(p)]["score"] for p in test["frame"]])
+        alerts_t = np.asarray([float(t_results[str(p)]["alert"]) for p in test["frame"]])
+        report["test"] = {
+            "classifier": _summary(at_threshold(yt, classifier_t, threshold)),
+            "pipeline": {**_summary(at_threshold(yt, alerts_t, 0.5)), "threshold": threshold},
+            "suppressed_over_threshold": _suppressed_shares(test, t_results, threshold),
+        }
+        log.info("test: classifier recall %.4f at %.2f FP/1000; pipeline recall %.4f at %.2f "
+                 "false alerts/1000", report["test"]["classifier"]["recall"],
+                 report["test"]["classifier"]["fp_per_1000"],
+                 report["test"]["pipeline"]["recall"], report["test"]["pipeline"]["fp_per_1000"])
+
+    if not args.dry_run:
+        # Rewrite the manifest in place: the ONNX (and its sha256) are untouched.
+        path = bundle.root / MANIFEST_NAME
+        data = json.loads(path.read_text())
+        data["recommended_threshold"] = threshold
+        data["threshold_rule"] = (f"{args.rule} on validation-night pipeline alerts "
+                                  f"(guaita alert-threshold): {why}")
+        data.setdefault("metrics", {})["alerts"] = report
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        load_bundle(bundle.root)  # still a bundle the edge accepts
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="the `guaita dataset index` output the model was trained on")
+    parser.add_argument("--rule", default="fp:0.003",
+                        help="threshold rule on validation alert scores (default fp:0.003: "
+                             "at most 3 false alerts per 1,000 frames)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-test", action="store_true", help="skip the test-night run")
+    parser.add_argument("--dry-run", action="store_true", help="report, leave the bundle as is")
+    parser.add_argument("--report", type=Path, help="also write the report JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = choose(args)
+    except (TrainingError, ValueError, FileNotFoundError) as exc:
+        print(f"guaita alert-threshold: {exc}")
+        return 2
+    print(f"recommended threshold {report['threshold']:.3f}: {report['why']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="guaita alert-threshold")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
