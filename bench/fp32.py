@@ -1,16 +1,19 @@
 """guaita's fp32 twin of the shipped int8 bundle, for the cost comparison.
 
 Preferred: the fp32 ONNX the export step wrote next to the trained model
-(``$WORK/model/export/fp32.onnx`` of the shipped recipe), checked against the bundle's scores.
-When that work folder is gone (a fresh clone), the int8 QDQ graph is turned back into an fp32
-graph: every weight's DequantizeLinear is folded into a float initializer and every activation
-QuantizeLinear→DequantizeLinear pair is bypassed. The result has the same operators and shapes
+(``$WORK/model/export/fp32.onnx`` of the shipped recipe), when the int8 graph the export step
+left beside it is byte for byte the bundle's (another training run's folder holds another model).
+Otherwise (a fresh clone) the int8 QDQ graph is turned back into an fp32 graph: every weight's
+DequantizeLinear is folded into a float initializer and every activation
+QuantizeLinear→DequantizeLinear pair is bypassed, restoring the ReLU the quantizer fused into
+it where its range starts at 0. The result has the same operators and shapes
 as the exported fp32 graph (whose BatchNorms the int8 graph had already folded), so it costs
 the same to run; its scores differ from the true fp32 model by the int8 rounding of the weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge.bundle import Bundle, write_bundle
+
+
+def _clamps_at_zero(quant: onnx.NodeProto, inits: dict) -> bool:
+    """A QuantizeLinear whose zero point is its type's minimum: it clips negatives to 0."""
+    if len(quant.input) < 3 or quant.input[2] not in inits:
+        return False
+    zero = numpy_helper.to_array(inits[quant.input[2]])
+    low = {np.dtype(np.int8): -128, np.dtype(np.uint8): 0}.get(zero.dtype)
+    return low is not None and bool(np.all(zero == low))
 
 
 def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -29,6 +41,7 @@ def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     rename: dict[str, str] = {}
     drop: set[int] = set()
     new_inits: list[onnx.TensorProto] = []
+    relus: list[onnx.NodeProto] = []
 
     for node in nodes:
         if node.op_type != "DequantizeLinear":
@@ -49,8 +62,13 @@ def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         quant = produced_by.get(source)
         if quant is not None and quant.op_type == "QuantizeLinear":
-            rename[node.output[0]] = quant.input[0]
             drop.update((id(node), id(quant)))
+            if _clamps_at_zero(quant, inits):
+                # The quantizer fused a ReLU away (its range starts at 0): put it back.
+                relus.append(helper.make_node("Relu", [quant.input[0]], [node.output[0]],
+                                              name=f"{node.output[0]}_relu"))
+            else:
+                rename[node.output[0]] = quant.input[0]
 
     def resolve(name: str) -> str:
         while name in rename:
@@ -58,6 +76,15 @@ def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
         return name
 
     kept = [n for n in nodes if id(n) not in drop]
+    # Each restored ReLU goes where its QuantizeLinear was (topological order kept).
+    by_output = {r.output[0]: r for r in relus}
+    ordered: list[onnx.NodeProto] = []
+    for n in nodes:
+        if id(n) not in drop:
+            ordered.append(n)
+        elif n.op_type == "DequantizeLinear" and n.output[0] in by_output:
+            ordered.append(by_output[n.output[0]])
+    kept = ordered
     for node in kept:
         for i, name in enumerate(node.input):
             node.input[i] = resolve(name)
@@ -75,14 +102,23 @@ def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _exported_with(int8: Bundle, exported: Path) -> bool:
+    """Whether `exported` is the fp32 graph the bundle's int8 graph was quantized from: the
+    export step left that int8 graph, byte for byte, in the same folder."""
+    return any(hashlib.sha256(f.read_bytes()).hexdigest() == int8.manifest.sha256
+               for f in exported.parent.glob("int8-*.onnx"))
+
+
 def fp32_bundle(int8: Bundle, out_dir: Path, exported: Path | None = None) -> tuple[Bundle, str]:
     """Write an fp32 bundle with the int8 bundle's manifest; returns it and where it came from."""
+    stripped = strip_qdq(onnx.load(str(int8.model_path))).SerializeToString()
+    data, origin = stripped, "the shipped int8 graph with its quantization removed (bench/fp32.py)"
     if exported is not None and exported.is_file():
-        data = onnx.load(str(exported)).SerializeToString()  # weights may sit in a .data file
-        origin = f"the export step's own fp32 graph ({exported})"
-    else:
-        data = strip_qdq(onnx.load(str(int8.model_path))).SerializeToString()
-        origin = "the shipped int8 graph with its quantization removed (bench/fp32.py)"
+        if _exported_with(int8, exported):
+            data = onnx.load(str(exported)).SerializeToString()  # weights may sit in .data
+            origin = f"the export step's own fp32 graph ({exported})"
+        else:  # a work folder left by another training run holds another model
+            origin += f"; {exported} belongs to another model, not used"
     fields = int8.manifest.to_dict()
     fields["name"] = f"{int8.manifest.name}-fp32"
     fields["training"] = dict(fields.get("training") or {}) | {"precision": "fp32"}

@@ -163,6 +163,51 @@ def test_strip_qdq_gives_a_float_graph_that_scores_like_the_int8_one(tmp_path):
     assert twin.manifest.name.endswith("-fp32") and "quantization removed" in origin
 
 
+def test_strip_qdq_restores_the_relus_the_quantizer_fused_away(tmp_path):
+    """onnxruntime drops a Conv's ReLU into the QuantizeLinear that follows (its range starts at
+    0); a stripped graph without it would pass negatives on and score garbage."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["relu"]),
+         helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+         helper.make_node("Flatten", ["pool"], ["out"])],
+        "relu", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 8])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    float_path, int8_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(model, str(float_path))
+    data = [rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32) for _ in range(4)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"image": d} for d in data])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(float_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True)
+    int8 = onnx.load(str(int8_path))
+    assert not any(n.op_type == "Relu" for n in int8.graph.node)  # fused away, as in ResNets
+    stripped = strip_qdq(int8)
+    # (also after the pooling: its range starts at 0 too, where a ReLU changes nothing)
+    assert any(n.op_type == "Relu" for n in stripped.graph.node)
+
+    def run(blob: bytes) -> np.ndarray:
+        session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        return session.run(None, {"image": data[0]})[0]
+
+    original = run(float_path.read_bytes())
+    assert (original > 0).all()  # ReLU then mean: a graph without it would go negative
+    assert np.abs(run(stripped.SerializeToString()) - original).max() < 0.05
+
+
 # ---------------------------------------------------------------- cost runner
 
 
