@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import logging
 import os
@@ -523,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             fp32 = load_bundle(fp32_dir)
             origin = json.loads((fp32_dir / "origin.json").read_text())["origin"]
         else:
-            fp32, origin = fp32_bundle(bundle, fp32_dir, _matching_export(exported, bundle,
-                                                                           tree))
+            # fp32_bundle uses the recipe's fp32.onnx only if its export made this bundle.
+            fp32, origin = fp32_bundle(bundle, fp32_dir, exported)
             (fp32_dir / "origin.json").write_text(json.dumps({"origin": origin}))
         results["fp32_origin"] = origin
         if "accuracy" not in skip:
@@ -545,34 +544,6 @@ def main(argv: list[str] | None = None) -> int:
     report.render(results, docs)
     log.info("done in %.1f min: %s", durations["total"] / 60, docs / "BENCHMARKS.md")
     return 0
-
-
-def _matching_export(exported: Path, bundle: Bundle, tree: Path) -> Path | None:
-    """The recipe's fp32.onnx, if it is the fp32 twin of this bundle (their scores agree)."""
-    if not exported.is_file():
-        return None
-    import tempfile
-
-    import onnx
-
-    from edge.bundle import write_bundle
-    from edge.model import open_scorer
-    from edge.preprocess import read_gray
-
-    rows = read_truth(tree)
-    grays = [read_gray(str(tree / r["file"])) for r in rows if r["label"] == rows[0]["label"]]
-    grays = grays[:40]
-    with tempfile.TemporaryDirectory(prefix="bench-fp32-") as tmp:
-        data = onnx.load(str(exported)).SerializeToString()  # weights may be in a .data file
-        candidate = write_bundle(tmp, data, bundle.manifest.to_dict())
-        a, b = open_scorer(bundle), open_scorer(candidate)
-        pairs = list(itertools.pairwise(grays))
-        diff = float(np.mean([abs(a.score(p, c) - b.score(p, c)) for p, c in pairs]))
-    if diff > 0.05:
-        log.warning("%s does not match %s (mean |dp| %.3f): not used", exported, bundle.label,
-                    diff)
-        return None
-    return exported
 
 
 if __name__ == "__main__":
