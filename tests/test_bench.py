@@ -123,23 +123,30 @@ def test_curve_and_equal_recall_lookups():
 # ---------------------------------------------------------------- int8 → fp32
 
 
+def _calibration(batches: list[np.ndarray]):
+    """An onnxruntime calibration reader over the given input batches."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"image": b} for b in batches])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Reader()
+
+
 def test_strip_qdq_gives_a_float_graph_that_scores_like_the_int8_one(tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
     float_path, int8_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
     float_path.write_bytes(tiny_onnx((-3.0, 0.0), sensitivity=200.0))
     rng = np.random.default_rng(0)
     data = [rng.random((4, 3, 32, 32), dtype=np.float32) * 80 for _ in range(4)]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"image": d} for d in data])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(float_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True)
+    quantize_static(str(float_path), str(int8_path), _calibration(data),
+                    quant_format=QuantFormat.QDQ, per_channel=True)
     int8 = onnx.load(str(int8_path))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     stripped = strip_qdq(int8)
@@ -167,7 +174,7 @@ def test_strip_qdq_restores_the_relus_the_quantizer_fused_away(tmp_path):
     """onnxruntime drops a Conv's ReLU into the QuantizeLinear that follows (its range starts at
     0); a stripped graph without it would pass negatives on and score garbage."""
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
     rng = np.random.default_rng(3)
     w = numpy_helper.from_array(rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32), "w")
@@ -184,15 +191,8 @@ def test_strip_qdq_restores_the_relus_the_quantizer_fused_away(tmp_path):
     onnx.save(model, str(float_path))
     data = [rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32) for _ in range(4)]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"image": d} for d in data])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(float_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True)
+    quantize_static(str(float_path), str(int8_path), _calibration(data),
+                    quant_format=QuantFormat.QDQ, per_channel=True)
     int8 = onnx.load(str(int8_path))
     assert not any(n.op_type == "Relu" for n in int8.graph.node)  # fused away, as in ResNets
     stripped = strip_qdq(int8)

@@ -60,23 +60,28 @@ def run_pipeline(bundle: Path, nights: list[Path], threshold: float,
         # One pipeline per night, as the daemon starts a night: a fresh learned mask included.
         auto_mask = AutoMask() if cfg.suppression.enabled and cfg.suppression.auto_mask else None
         pipeline = make_pipeline(cfg, scorer, auto_mask)
-        for decision in scan_decisions(pipeline, list_frames(night), progress=False):
+        frames = list_frames(night)
+        for decision in scan_decisions(pipeline, frames, progress=False):
             out[str(decision.frame.path)] = {"score": float(decision.score),
                                              "alert": decision.alert,
                                              "suppressed": decision.suppressed}
-        log.info("  %s: %d frames", night.name, len(list_frames(night)))
+        log.info("  %s: %d frames", night.name, len(frames))
     return out
+
+
+def _results_for(rows, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pipeline's result for each index row, in row order."""
+    missing = [p for p in rows["frame"] if str(p) not in results]
+    if missing:
+        raise TrainingError(f"{missing[0]}: the pipeline did not score this frame (unreadable?)"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    return [results[str(p)] for p in rows["frame"]]
 
 
 def alert_scores(rows, results: dict[str, dict[str, Any]]) -> np.ndarray:
     """Per index row: the model score where the pipeline would not suppress it, else 0."""
-    scores = []
-    for path in rows["frame"]:
-        r = results.get(str(path))
-        if r is None:
-            raise TrainingError(f"{path}: the pipeline did not score this frame (unreadable?)")
-        scores.append(0.0 if r["suppressed"] else r["score"])
-    return np.asarray(scores, dtype=np.float64)
+    return np.asarray([0.0 if r["suppressed"] else r["score"]
+                       for r in _results_for(rows, results)], dtype=np.float64)
 
 
 def _flag(rows, column: str):
@@ -122,7 +127,7 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
     log.info("validation nights through the pipeline (threshold 0: every frame a candidate)")
     v_results = run_pipeline(bundle.root, night_folders(valid), 0.0, args.threads)
     yv = (valid["label"] == METEOR).to_numpy()
-    classifier_v = np.asarray([v_results[str(p)]["score"] for p in valid["frame"]])
+    classifier_v = np.asarray([r["score"] for r in _results_for(valid, v_results)])
     pipeline_v = alert_scores(valid, v_results)
     threshold, why = choose_threshold(yv, pipeline_v, args.rule)
     log.info("alert threshold %.3f: %s", threshold, why)
@@ -142,8 +147,9 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
                  threshold)
         t_results = run_pipeline(bundle.root, night_folders(test), threshold, args.threads)
         yt = (test["label"] == METEOR).to_numpy()
-        classifier_t = np.asarray([t_results[str(p)]["score"] for p in test["frame"]])
-        alerts_t = np.asarray([float(t_results[str(p)]["alert"]) for p in test["frame"]])
+        per_row = _results_for(test, t_results)
+        classifier_t = np.asarray([r["score"] for r in per_row])
+        alerts_t = np.asarray([float(r["alert"]) for r in per_row])
         report["test"] = {
             "classifier": _summary(at_threshold(yt, classifier_t, threshold)),
             "pipeline": {**_summary(at_threshold(yt, alerts_t, 0.5)), "threshold": threshold},
