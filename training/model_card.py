@@ -41,7 +41,9 @@ def verdict(name: str, metrics: dict[str, Any]) -> str:
     within = [s for s in b["sweep"] if s["fp_per_1000"] <= TARGET_FP_PER_1000]
     best = max(within, key=lambda s: s["recall"], default=None)
     if best is None:
-        return f"on {name}: no swept threshold keeps false positives within the budget."
+        return (f"on {name}, no swept threshold keeps false positives within "
+                f"{TARGET_FP_PER_1000:g} frames per 1,000: target recall {TARGET_RECALL} "
+                "**not met**.")
     met = "met" if best["recall"] >= TARGET_RECALL else "**not met**"
     return (f"on {name}, the best recall within {TARGET_FP_PER_1000:g} false-positive frames "
             f"per 1,000 is {best['recall']:.3f} (threshold {best['threshold']:g}): target "
