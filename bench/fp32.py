@@ -75,16 +75,14 @@ def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             name = rename[name]
         return name
 
-    kept = [n for n in nodes if id(n) not in drop]
-    # Each restored ReLU goes where its QuantizeLinear was (topological order kept).
+    # Each restored ReLU goes where its DequantizeLinear was (topological order kept).
     by_output = {r.output[0]: r for r in relus}
-    ordered: list[onnx.NodeProto] = []
+    kept: list[onnx.NodeProto] = []
     for n in nodes:
         if id(n) not in drop:
-            ordered.append(n)
+            kept.append(n)
         elif n.op_type == "DequantizeLinear" and n.output[0] in by_output:
-            ordered.append(by_output[n.output[0]])
-    kept = ordered
+            kept.append(by_output[n.output[0]])
     for node in kept:
         for i, name in enumerate(node.input):
             node.input[i] = resolve(name)
@@ -111,13 +109,13 @@ def _exported_with(int8: Bundle, exported: Path) -> bool:
 
 def fp32_bundle(int8: Bundle, out_dir: Path, exported: Path | None = None) -> tuple[Bundle, str]:
     """Write an fp32 bundle with the int8 bundle's manifest; returns it and where it came from."""
-    stripped = strip_qdq(onnx.load(str(int8.model_path))).SerializeToString()
-    data, origin = stripped, "the shipped int8 graph with its quantization removed (bench/fp32.py)"
-    if exported is not None and exported.is_file():
-        if _exported_with(int8, exported):
-            data = onnx.load(str(exported)).SerializeToString()  # weights may sit in .data
-            origin = f"the export step's own fp32 graph ({exported})"
-        else:  # a work folder left by another training run holds another model
+    if exported is not None and exported.is_file() and _exported_with(int8, exported):
+        data = onnx.load(str(exported)).SerializeToString()  # weights may sit in a .data file
+        origin = f"the export step's own fp32 graph ({exported})"
+    else:
+        data = strip_qdq(onnx.load(str(int8.model_path))).SerializeToString()
+        origin = "the shipped int8 graph with its quantization removed (bench/fp32.py)"
+        if exported is not None and exported.is_file():  # another training run's folder
             origin += f"; {exported} belongs to another model, not used"
     fields = int8.manifest.to_dict()
     fields["name"] = f"{int8.manifest.name}-fp32"

@@ -50,6 +50,15 @@ def at_threshold(y, p, threshold: float) -> dict[str, Any]:
     }
 
 
+HEADLINE_KEYS = ("threshold", "frames", "meteors", "tp", "fp", "fn", "precision", "recall", "f1",
+                 "fp_per_1000", "fpr")
+
+
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The part of an `at_threshold` result that reports and manifests keep."""
+    return {k: m[k] for k in HEADLINE_KEYS}
+
+
 def per_class(y, p, threshold: float) -> dict[str, dict[str, float]]:
     """Precision/recall/F1/support for both classes (the no-meteor recall is 1 − FPR)."""
     m = at_threshold(y, p, threshold)

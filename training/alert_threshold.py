@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from training._common import METEOR, TrainingError, load_index
-from training._metrics import at_threshold, choose_threshold
+from training._metrics import at_threshold, choose_threshold, headline
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,6 @@ def _suppressed_shares(rows, results: dict[str, dict[str, Any]], threshold: floa
     return out
 
 
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    keys = ("threshold", "frames", "meteors", "tp", "fp", "fn", "precision", "recall",
-            "fp_per_1000")
-    return {k: m[k] for k in keys}
-
-
 def choose(args: argparse.Namespace) -> dict[str, Any]:
     from edge.bundle import MANIFEST_NAME, load_bundle
 
@@ -133,13 +127,13 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
     log.info("alert threshold %.3f: %s", threshold, why)
     report: dict[str, Any] = {
         "rule": args.rule, "threshold": threshold, "why": why,
-        "valid": {"classifier": _summary(at_threshold(yv, classifier_v, threshold)),
-                  "pipeline": _summary(at_threshold(yv, pipeline_v, threshold)),
+        "valid": {"classifier": headline(at_threshold(yv, classifier_v, threshold)),
+                  "pipeline": headline(at_threshold(yv, pipeline_v, threshold)),
                   "suppressed_over_threshold": _suppressed_shares(valid, v_results, threshold)},
         "sweep_valid": [
             {"threshold": t,
-             "classifier": _summary(at_threshold(yv, classifier_v, t)),
-             "pipeline": _summary(at_threshold(yv, pipeline_v, t))}
+             "classifier": headline(at_threshold(yv, classifier_v, t)),
+             "pipeline": headline(at_threshold(yv, pipeline_v, t))}
             for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)],
     }
     if not test.empty and not args.no_test:
@@ -151,8 +145,8 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
         classifier_t = np.asarray([r["score"] for r in per_row])
         alerts_t = np.asarray([float(r["alert"]) for r in per_row])
         report["test"] = {
-            "classifier": _summary(at_threshold(yt, classifier_t, threshold)),
-            "pipeline": {**_summary(at_threshold(yt, alerts_t, 0.5)), "threshold": threshold},
+            "classifier": headline(at_threshold(yt, classifier_t, threshold)),
+            "pipeline": {**headline(at_threshold(yt, alerts_t, 0.5)), "threshold": threshold},
             "suppressed_over_threshold": _suppressed_shares(test, t_results, threshold),
         }
         log.info("test: classifier recall %.4f at %.2f FP/1000; pipeline recall %.4f at %.2f "

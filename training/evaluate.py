@@ -360,7 +360,7 @@ def _streak(row, size: int):
 # ---------------------------------------------------------------- report
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     if isinstance(v, float):
         if np.isnan(v):
             return "–"
@@ -371,7 +371,7 @@ def _fmt(v: Any) -> str:
 def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """A Markdown table, one line per row, values as the reports format them."""
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows])
+            + ["| " + " | ".join(format_value(v) for v in row) + " |" for row in rows])
 
 
 class Report:
@@ -392,7 +392,7 @@ class Report:
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
         self.md += [*markdown_table(header, rows), ""]
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row)
                        + "</tr>" for row in rows)
         self.html.append(f"<table><tr>{head}</tr>{body}</table>")
 

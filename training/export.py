@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.preprocess import PreprocessSpec
 from training._common import METEOR, TrainingError, load_input, set_threads, write_json
-from training._metrics import at_threshold, choose_threshold, int8_refusal, parity
+from training._metrics import at_threshold, choose_threshold, headline, int8_refusal, parity
 
 log = logging.getLogger(__name__)
 for _chatty in ("onnxscript", "onnx_ir", "torch.onnx"):  # step-by-step INFO from the exporter
@@ -219,12 +219,6 @@ def latency_ms(session, channels: int, size: int, repeat: int = 20) -> float:
 # ---------------------------------------------------------------- the whole export
 
 
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    keys = ("threshold", "frames", "meteors", "tp", "fp", "fn", "precision", "recall", "f1",
-            "fp_per_1000", "fpr")
-    return {k: m[k] for k in keys}
-
-
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """Run steps 1–5; returns the report dict (raises TrainingError on refusal or bad input)."""
     import onnx
@@ -300,9 +294,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     pt_fp32 = onnx_probs(fp32, tpaths, channels, meteor_index)
     pt_ship = onnx_probs(ship, tpaths, channels, meteor_index)
     per_model = {
-        "torch_fp32": _summary(at_threshold(yt, pt_torch, threshold)),
-        "onnx_fp32": _summary(at_threshold(yt, pt_fp32, threshold)),
-        f"onnx_{args.precision}": _summary(at_threshold(yt, pt_ship, threshold)),
+        "torch_fp32": headline(at_threshold(yt, pt_torch, threshold)),
+        "onnx_fp32": headline(at_threshold(yt, pt_fp32, threshold)),
+        f"onnx_{args.precision}": headline(at_threshold(yt, pt_ship, threshold)),
     }
     report["parity"] = {
         "split": parity_name, "frames": len(yt), "meteors": int(yt.sum()),
@@ -317,7 +311,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                                                                size)}
     report["recommended_threshold"] = threshold
     report["threshold_reason"] = why
-    report["valid"] = _summary(at_threshold(yv, pv_ship, threshold))
+    report["valid"] = headline(at_threshold(yv, pv_ship, threshold))
     report["test"] = per_model[f"onnx_{args.precision}"]
     report["size_bytes"] = ship_path.stat().st_size
     write_json(work / "export.json", report)

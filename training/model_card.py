@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.bundle import load_bundle
-from training.evaluate import _fmt
+from training.evaluate import format_value
 from training.evaluate import markdown_table as _table
 
 NAN = float("nan")
@@ -182,8 +182,8 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         latency = m.metrics.get("latency_ms_1thread_x86", {})
         timing = ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
         lines += ["", f"fp32 vs int8 ONNX on {parity.get('frames')} test frames: agreement "
-                  f"{_fmt(agree.get('agreement', NAN))}, "
-                  f"max |Δp| {_fmt(agree.get('max_abs_diff', NAN))}. "
+                  f"{format_value(agree.get('agreement', NAN))}, "
+                  f"max |Δp| {format_value(agree.get('max_abs_diff', NAN))}. "
                   f"Inference, 1 thread x86: {timing or 'not measured'}.", ""]
     lines += [
         "## Known limits",

@@ -59,13 +59,16 @@ def augmentations(preprocess_id: str) -> tuple[list, str]:
     """Batch transforms for this preprocessing variant, and how to describe them."""
     from fastai.vision.all import aug_transforms
 
-    if preprocess_id == "m1":
-        return aug_transforms(max_rotate=0.0, min_zoom=1.0, max_zoom=1.0, max_warp=0.0,
-                              max_lighting=0.0, do_flip=True, flip_vert=True,
-                              p_affine=1.0), DIHEDRAL_AUGMENTATION
-    return aug_transforms(max_rotate=180.0, min_zoom=1.0, max_zoom=1.0, max_warp=0.0,
-                          max_lighting=0.0, do_flip=True, flip_vert=True,
-                          pad_mode="reflection"), ROTATE_AUGMENTATION
+    dihedral = preprocess_id == "m1"
+    # max_rotate 0 leaves fastai's Dihedral alone (flip_vert=True): applied to every image.
+    tfms = aug_transforms(max_rotate=0.0 if dihedral else 180.0, min_zoom=1.0, max_zoom=1.0,
+                          max_warp=0.0, max_lighting=0.0, do_flip=True, flip_vert=True,
+                          pad_mode="reflection", p_affine=1.0 if dihedral else 0.75)
+    return tfms, augmentation_description(preprocess_id)
+
+
+def augmentation_description(preprocess_id: str) -> str:
+    return DIHEDRAL_AUGMENTATION if preprocess_id == "m1" else ROTATE_AUGMENTATION
 
 
 def resolve_pretrained(arch: str, pretrained: bool) -> dict[str, Any]:
@@ -287,7 +290,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "balance": args.balance,
         "neg_ratio": args.neg_ratio if args.balance == "undersample" else None,
         "class_weights": weights,
-        "augmentation": augmentations(spec["id"])[1],
+        "augmentation": augmentation_description(spec["id"]),
         "classes": list(CLASSES),
         "channels": PreprocessSpec.from_dict(spec).channels,
         "input_adapter": "grey replicated to 3 channels" if spec["id"] == "v4" else "none",
