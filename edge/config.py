@@ -121,6 +121,12 @@ class SuppressionConfig:
     # wider gap along the same straight line is a meteor split by that dead time.
     satellite_gap_frac: float = 0.5
     duplicates: bool = True  # a meteor split over two frames: keep the stronger
+    # A trail seen in one frame only that is evenly lit and cut off sharply at both ends (a
+    # satellite crossing for the whole exposure; a meteor brightens and fades) is "satellite":
+    # its box-ness (edge/streaks.py: DiffAnalysis.steadiness) at least this, its plateau at
+    # least steady_trail_snr times the noise. 0 = off.
+    steady_trail_box: float = 0.78
+    steady_trail_snr: float = 10.0
     # A streak repeated beside itself in the frame before/after is no meteor: within this many
     # pixels a fixed feature (Moon limb, lit edge; "masked"), within recur_cloud_px on a cloudy
     # frame a drifting cloud edge ("cloud"). 0 = off.
@@ -133,6 +139,11 @@ class SuppressionConfig:
     flash_k_sigma: float = 3.0
     flash_keep_streak_px: float = 100.0  # a sharp streak this long in a flash frame is kept
     # (a fireball lights the sky); 0 = off
+    # A whole-frame change that one brightness curve explains everywhere (auto-exposure or
+    # gain stepping in twilight) is compensated, not thrown away (edge/exposure.py): residual
+    # allowed, grey levels (90th percentile of 64-px block medians).
+    exposure_steps: bool = True
+    exposure_step_max_residual: float = 2.0
     # masks
     auto_mask_share: float = 0.25  # pixels changing in this share of frames are masked
     auto_mask_warmup: int = 60  # frames before the learned mask applies
@@ -337,6 +348,12 @@ def _validate(cfg: Config) -> None:
         bad("suppression.recur_offset_px", "recur_offset_px and recur_cloud_px must be >= 0")
     if s.flash_keep_streak_px < 0:
         bad("suppression.flash_keep_streak_px", "must be >= 0 (0 = off)")
+    if not 0 <= s.steady_trail_box <= 1:
+        bad("suppression.steady_trail_box", "must be in [0, 1] (0 = off)")
+    if s.steady_trail_snr < 0:
+        bad("suppression.steady_trail_snr", "must be >= 0")
+    if not s.exposure_step_max_residual > 0:
+        bad("suppression.exposure_step_max_residual", "must be > 0 (grey levels)")
     for key in ("auto_mask_share", "masked_fraction"):
         if not 0 < getattr(s, key) <= 1:
             bad(f"suppression.{key}", "must be in (0, 1]")

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from edge.config import SuppressionConfig
+from edge.exposure import compensated_difference, exposure_step
 from edge.frames import Frame
 from edge.masks import AutoMask, build_static_mask, combine_masks, star_visibility
 from edge.streaks import DiffAnalysis, Streak, StreakParams, angle_between, relate
@@ -40,6 +41,9 @@ __all__ = [
 # The event schema's `suppressed` enum (edge/schemas/event.schema.json), in priority order.
 REASONS = ("flash", "masked", "aircraft", "satellite", "duplicate", "cloud")
 
+# A trail this bright above the sky is a fireball's, or clipped by the sensor (flat-topped by
+# saturation, not by its light curve): never judged a steady satellite trail.
+_BOLIDE_PEAK = 200.0
 _HISTORY = 4  # entries kept: two before the one being decided (chains of 3) and the next one
 
 
@@ -109,11 +113,12 @@ class Decision:
 class _Entry:
     obs: Observation
     arrived: float
-    analysis: DiffAnalysis
+    analysis: DiffAnalysis  # of the difference the rules look at (exposure-compensated if a step)
     flash: bool
     prev: _Entry | None = None  # the consecutive frame before, while still in the history
     prev_links: dict[int, int] | None = None  # my streak index → prev's streak index
     visibility: float | None = None
+    exposure_step: bool = False  # a whole-frame change explained by an exposure/gain step
 
     @property
     def link_streaks(self) -> list[Streak]:
@@ -168,12 +173,12 @@ class Decider:
         """Take the next observation; return the decisions that are now final, in order."""
         now = self._clock() if now is None else now
         released: list[Decision] = []
-        entry = self._entry(obs, now)
         last = self._history[-1] if self._history else None
         if last is not None and not self._consecutive(last.obs.frame, obs.frame):
             released += self._release_pending(None, "no_next_frame")
             self._history.clear()
             last = None
+        entry = self._entry(obs, now, last)
         entry.prev = last
         self._history.append(entry)
         self._history[0].prev = None  # keep the chain as short as the history
@@ -209,18 +214,38 @@ class Decider:
         gap = (current.captured - previous.captured).total_seconds()
         return 0 < gap <= self.max_gap_s
 
-    def _entry(self, obs: Observation, now: float) -> _Entry:
+    def _entry(self, obs: Observation, now: float, last: _Entry | None) -> _Entry:
+        cfg = self.cfg
         analysis = DiffAnalysis(obs.difference, self.params)
-        flash = False
-        if self.cfg.enabled:
+        flash = step = False
+        if cfg.enabled:
             ref = self._ref or (analysis.base, analysis.spread)
-            share = analysis.changed_fraction(ref[0], ref[1], self.cfg.flash_k_sigma)
-            flash = share > self.cfg.whole_frame_fraction
+            flash = self._flash(analysis, ref)
+            if flash and cfg.exposure_steps and last is not None \
+                    and last.obs.current.shape == obs.current.shape:
+                compensated = self._exposure_compensated(last.obs.current, obs.current)
+                if compensated is not None and not self._flash(compensated, ref):
+                    analysis, flash, step = compensated, False, True
             if not flash:  # follow slow changes (moonrise, noise) but not the flash itself
                 a = 0.2 if self._ref else 1.0
                 self._ref = (ref[0] + a * (analysis.base - ref[0]),
                              ref[1] + a * (analysis.spread - ref[1]))
-        return _Entry(obs, now, analysis, flash)
+        return _Entry(obs, now, analysis, flash, exposure_step=step)
+
+    def _flash(self, analysis: DiffAnalysis, ref: tuple[float, float]) -> bool:
+        share = analysis.changed_fraction(ref[0], ref[1], self.cfg.flash_k_sigma)
+        return share > self.cfg.whole_frame_fraction
+
+    def _exposure_compensated(self, previous: np.ndarray,
+                              current: np.ndarray) -> DiffAnalysis | None:
+        """The pair's difference with an exposure/gain step taken out, if it was one."""
+        shape = current.shape
+        auto = self.auto_mask.mask_for(shape) if self.auto_mask is not None else None
+        mask = combine_masks(auto, self.static_mask)
+        lut = exposure_step(previous, current, mask, self.cfg.exposure_step_max_residual)
+        if lut is None:
+            return None
+        return DiffAnalysis(compensated_difference(previous, current, lut, mask), self.params)
 
     def _release_pending(self, next_entry: _Entry | None, flag: str = "") -> list[Decision]:
         if self._pending is None:
@@ -247,12 +272,14 @@ class Decider:
     def _decide(self, entry: _Entry, nxt: _Entry | None) -> Decision:
         obs = entry.obs
         flags: list[str] = ["whole_frame_change"] if entry.flash else []
+        if entry.exposure_step:
+            flags.append("exposure_step")
 
         def done(reason: str | None, streak: Streak | None, streaks: list[Streak]) -> Decision:
             shape = obs.difference.shape
             return Decision(obs.frame, obs.score, obs.threshold, obs.detected, reason,
                             streak.to_event(shape) if streak else None, flags[:16],
-                            obs.current, obs.difference, streaks)
+                            obs.current, entry.analysis.difference, streaks)
 
         if not obs.detected or not self.cfg.enabled:
             # Streaks only if already measured (a candidate's neighbour): no extra work.
@@ -269,7 +296,10 @@ class Decider:
 
         if not streaks:
             flags.append("no_streak")
-            return done(self._diffuse_reason(entry, flags), None, streaks)
+            reason = self._diffuse_reason(entry, flags)
+            if reason is None and entry.exposure_step:
+                reason = "flash"  # the step itself was all there was to see
+            return done(reason, None, streaks)
 
         reasons = [self._explain(entry, i, nxt, flags) for i in range(len(streaks))]
         open_ = [s for s, r in zip(streaks, reasons, strict=True) if r is None]
@@ -296,6 +326,11 @@ class Decider:
         if cfg.aircraft_single_frame and streak.dotted:
             flags.append("dotted")
             return "aircraft"
+        if cfg.steady_trail_box > 0 and not streak.dotted and streak.peak < _BOLIDE_PEAK:
+            box, snr = entry.analysis.steadiness(streak)
+            if box >= cfg.steady_trail_box and snr >= cfg.steady_trail_snr:
+                flags.append("steady_trail")  # evenly lit, cut off sharply at both ends
+                return "satellite"
         if cfg.cloud and streak.fwhm_px >= cfg.cloud_min_fwhm_px and self._cloud_evidence(
                 entry, flags):
             flags.append("soft_edge")  # a band far wider than the optics draw a trail

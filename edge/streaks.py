@@ -585,63 +585,42 @@ class DiffAnalysis:
             hi += 1
         return float(hi - lo + 1)
 
-    def _cross_width(self, x1, y1, ux, uy, t_lo, t_hi, reach: int = 16) -> float:
-        """Full width at half maximum of the light across the trail, full pixels: a meteor or
-        satellite is as sharp as the optics (a few px); the moving edge of a cloud is a soft
-        band as wide as the cloud moved. Rows are averaged in groups of four and re-centred
-        on their peak (the fitted axis may be a pixel off at the ends), then the median row
-        is measured above the brighter of its two outer flanks (a trail crossing a cloud
-        front sits on a pedestal on one side)."""
-        ts = np.arange(t_lo, t_hi + 0.5, 1.0)
-        groups = len(ts) // 4
-        if groups < 3:
-            return 0.0
-        ts = ts[: 4 * groups]
-        offs = np.arange(-reach - 3, reach + 4, dtype=float)
-        vals = self._sample(x1 + ts[:, None] * ux - offs[None, :] * uy,
-                            y1 + ts[:, None] * uy + offs[None, :] * ux)
-        rows = vals.reshape(groups, 4, -1).mean(axis=1)
-        mid = reach + 3
-        shift = np.argmax(rows[:, mid - 3: mid + 4], axis=1) - 3
-        idx = mid + shift[:, None] + np.arange(-reach, reach + 1)[None, :]
-        prof = np.median(np.take_along_axis(rows, idx, axis=1), axis=0)
-        base = max(float(np.median(prof[:4])), float(np.median(prof[-4:])))
-        top = float(prof[reach]) - base
-        if top <= 0:  # as bright out at ±reach as on the axis: a band wider than we look
-            return float(2 * reach + 1)
-        above = prof - base >= 0.5 * top
-        lo = hi = reach
-        while lo > 0 and above[lo - 1]:
-            lo -= 1
-        while hi < len(prof) - 1 and above[hi + 1]:
-            hi += 1
-        return float(hi - lo + 1)
+    def steadiness(self, streak: Streak) -> tuple[float, float]:
+        """Whether a trail is a steady light cut off at both ends, and how clearly that shows.
 
-    def _flatness(self, x1, y1, ux, uy, t_lo, t_hi, half, base, sigma) -> float:
-        """How evenly bright the trail is: 20th / 80th percentile of its light per pixel of
-        length (summed across it, smoothed), 1 = perfectly even (a satellite), lower for a
-        meteor's rise and fade; 0 when too faint or short to tell."""
-        length = t_hi - t_lo
+        Returns (box, snr). The light per pixel of length is followed along the streak's line
+        and 40 % beyond each end; box = 1 − (w20 − w80) / w20, where wNN is the extent above
+        NN % of its plateau: 1 for a trail uniformly bright from an abrupt start to an abrupt
+        end (a satellite crossing for the whole exposure), 0.2–0.5 for a meteor's rise and
+        fade. snr is the plateau over the noise of the smoothed profile; (0, 0) below 20 px.
+        """
+        length = streak.length_px
         if length < 20:
-            return 0.0
-        diff = self.difference
-        ts = np.arange(t_lo + 0.05 * length, t_hi - 0.05 * length + 0.5, 1.0)
+            return 0.0, 0.0
+        ux, uy = (streak.x2 - streak.x1) / length, (streak.y2 - streak.y1) / length
+        half = self.factor + 1
+        reach = 0.4 * length + 10
+        ts = np.arange(-reach, length + reach + 0.5, 1.0)
         offs = np.arange(-half, half + 1, dtype=float)
-        px = np.round(x1 + ts[:, None] * ux - offs[None, :] * uy).astype(int)
-        py = np.round(y1 + ts[:, None] * uy + offs[None, :] * ux).astype(int)
-        ok = (px >= 0) & (py >= 0) & (px < diff.shape[1]) & (py < diff.shape[0])
-        vals = np.where(ok, diff[np.clip(py, 0, diff.shape[0] - 1),
-                                 np.clip(px, 0, diff.shape[1] - 1)], base)
-        density = vals.sum(axis=1) - base * len(offs)
-        w = max(5, int(length / 10))
-        smooth = np.convolve(density, np.ones(w) / w, mode="valid")
-        if len(smooth) < 4:
-            return 0.0
-        q20, q80 = np.percentile(smooth, (20, 80))
-        noise = sigma * math.sqrt(len(offs) / w)
-        if q80 < 8 * noise:  # too faint for its shape to mean anything
-            return 0.0
-        return float(max(q20, 0.0) / q80)
+        light = self._sample(streak.x1 + ts[:, None] * ux - offs[None, :] * uy,
+                             streak.y1 + ts[:, None] * uy + offs[None, :] * ux).sum(axis=1)
+        outside = (ts < -5) | (ts > length + 5)
+        light -= float(np.median(light[outside]))
+        w = max(3, int(length / 20))
+        smooth = np.convolve(light, np.ones(w) / w, mode="same")
+        plateau = float(np.percentile(smooth[(ts >= 0) & (ts <= length)], 90))
+        _, sigma = self.full_noise
+        sigma *= self._noise_scale((streak.x1 + streak.x2) / 2, (streak.y1 + streak.y2) / 2)
+        snr = plateau / (sigma * math.sqrt(len(offs) / w))
+        if plateau <= 0:
+            return 0.0, snr
+
+        def extent(level: float) -> int:
+            idx = np.nonzero(smooth > level * plateau)[0]
+            return int(idx[-1] - idx[0] + 1) if len(idx) else 0
+
+        w20, w80 = extent(0.2), extent(0.8)
+        return (1.0 - (w20 - w80) / w20 if w20 else 0.0), snr
 
     def _periodic(self, ts, prof, sigma) -> tuple[int, float]:
         """Count of regularly spaced, deeply modulated peaks (strobes) in a light profile

@@ -16,6 +16,7 @@ from edge.config import ConfigError, SuppressionConfig, parse_config
 from edge.decide import REASONS, AutoMask, Decider, Decision, Observation
 from edge.frames import Frame
 from edge.preprocess import positive_difference
+from tests.drawing import draw_meteor
 
 H, W = 488, 652
 T0 = datetime(2024, 8, 12, 22, 0, 0)
@@ -90,6 +91,14 @@ def seg(p1, p2, amp: float = 40.0, thickness: int = 1) -> Draw:
     return draw
 
 
+def meteor(p1, p2, amp: float = 60.0, thickness: int = 1, a: float = 2.0,
+           b: float = 0.8) -> Draw:
+    """A meteor brightening and fading along its trail (tests/drawing.py)."""
+    def draw(layer: np.ndarray) -> None:
+        draw_meteor(layer, p1, p2, amp, thickness, a, b)
+    return draw
+
+
 def both(*draws: Draw) -> Draw:
     def draw(layer: np.ndarray) -> None:
         for d in draws:
@@ -117,7 +126,7 @@ def strobes(k: int, start=(80.0, 420.0), step=(120.0, -25.0), spacing: float = 1
     return draw
 
 
-METEOR = seg((300, 250), (420, 330), 60, 2)
+METEOR = meteor((300, 250), (420, 330), 60, 2)
 
 
 # ------------------------------------------------------------------ ordering and latency
@@ -130,8 +139,8 @@ def test_every_observation_gets_one_decision_in_order_and_candidates_wait_one_fr
     assert night.decider.pending == 1
     released = night.push()
     assert [d.frame for d in released] == night.pushed[1:3]
-    assert night.push(0.9, seg((100, 400), (200, 300), 50, 2)) == []
-    assert night.push(0.8, seg((500, 100), (600, 60), 50, 2)) != []
+    assert night.push(0.9, meteor((100, 400), (200, 300), 50, 2)) == []
+    assert night.push(0.8, meteor((500, 100), (600, 60), 50, 2)) != []
     decisions = night.finish()  # flush releases the last pending candidate
     assert len(decisions) == 5
     last = decisions[night.name(5)]
@@ -228,7 +237,7 @@ def test_meteor_beside_a_satellite_is_still_an_alert():
     night = Night(8)
     night.quiet(1)
     night.push(0.9, satellite(0))
-    night.push(0.97, both(satellite(1), seg((150, 380), (260, 460), 60, 2)))
+    night.push(0.97, both(satellite(1), meteor((150, 380), (260, 460), 60, 2)))
     night.push(0.9, satellite(2))
     night.quiet(1)
     decisions = night.finish()
@@ -244,8 +253,8 @@ def test_meteor_split_over_two_frames_keeps_the_stronger_half():
     # The dead time between exposures leaves a wide gap between the two pieces.
     night = Night(9)
     night.quiet(1)
-    night.push(0.95, seg((100, 100), (180, 140), 70, 2))
-    night.push(0.70, seg((300, 200), (340, 220), 40, 2))
+    night.push(0.95, meteor((100, 100), (180, 140), 70, 2))
+    night.push(0.70, meteor((300, 200), (340, 220), 40, 2))
     night.quiet(1)
     decisions = night.finish()
     first, second = decisions[night.name(2)], decisions[night.name(3)]
@@ -254,8 +263,8 @@ def test_meteor_split_over_two_frames_keeps_the_stronger_half():
     # ... and the other way round when the second half scored higher.
     night = Night(9)
     night.quiet(1)
-    night.push(0.60, seg((100, 100), (180, 140), 40, 2))
-    night.push(0.90, seg((300, 200), (340, 220), 70, 2))
+    night.push(0.60, meteor((100, 100), (180, 140), 40, 2))
+    night.push(0.90, meteor((300, 200), (340, 220), 70, 2))
     night.quiet(1)
     decisions = night.finish()
     assert decisions[night.name(2)].suppressed == "duplicate"
@@ -266,8 +275,8 @@ def test_split_meteor_rule_can_be_turned_off():
     cfg = dataclasses.replace(SuppressionConfig(), duplicates=False)
     night = Night(9, cfg=cfg)
     night.quiet(1)
-    night.push(0.95, seg((100, 100), (180, 140), 70, 2))
-    night.push(0.70, seg((300, 200), (340, 220), 40, 2))
+    night.push(0.95, meteor((100, 100), (180, 140), 70, 2))
+    night.push(0.70, meteor((300, 200), (340, 220), 40, 2))
     night.quiet(1)
     decisions = night.finish()
     assert decisions[night.name(2)].alert and decisions[night.name(3)].alert
@@ -276,25 +285,100 @@ def test_split_meteor_rule_can_be_turned_off():
 def test_flash_and_dawn_exposure_jump_are_suppressed():
     night = Night(10)
     night.quiet(3)
-    night.push(0.9, add=45.0)  # lightning / headlights: everything brighter
+    glow = 90.0 * np.exp(-np.arange(W, dtype=np.float32) / 220.0)[None, :]
+    night.push(0.9, sky=night.base + glow)  # headlights from one side: not one global curve
     night.quiet(3)
     night.push(0.9, scale=1.6)  # dawn: auto-exposure steps up, the sky jumps
     night.quiet(1)
     decisions = night.finish()
-    for k in (4, 8):
-        d = decisions[night.name(k)]
-        assert d.suppressed == "flash", k
-        assert "whole_frame_change" in d.flags
+    flash, step = decisions[night.name(4)], decisions[night.name(8)]
+    assert flash.suppressed == "flash" and "whole_frame_change" in flash.flags
+    # The step is compensated, leaving nothing: it was all the model could have seen.
+    assert step.suppressed == "flash" and "exposure_step" in step.flags
+    assert "whole_frame_change" not in step.flags and "no_streak" in step.flags
     assert night.decider.counters["flash"] == 2
     # A non-candidate flash is only flagged.
     assert all(d.suppressed is None for n, d in decisions.items()
                if n not in (night.name(4), night.name(8)))
 
 
+@pytest.mark.parametrize("render", [{"scale": 1.6}, {"add": 45.0}])
+def test_a_meteor_on_an_exposure_step_is_kept(render):
+    # Twilight: a meteor in the very pair where auto-exposure stepped up (or the whole sky
+    # brightened evenly) is found on the compensated difference and alerts.
+    night = Night(12)
+    night.quiet(3)
+    night.push(0.95, METEOR, **render)
+    night.quiet(2)
+    d = night.finish()[night.name(4)]
+    assert d.alert, (d.suppressed, d.flags)
+    assert "exposure_step" in d.flags and "whole_frame_change" not in d.flags
+    assert abs(d.streak["x1"] - 300) <= 4 and abs(d.streak["x2"] - 420) <= 4
+    assert int(np.percentile(d.difference, 50)) <= 2  # the decision carries the clean difference
+
+
+def test_exposure_steps_can_be_turned_off():
+    night = Night(12, cfg=SuppressionConfig(exposure_steps=False))
+    night.quiet(3)
+    night.push(0.95, meteor((300, 250), (370, 295), 60, 2), scale=1.6)  # < 100 px
+    night.quiet(1)
+    d = night.finish()[night.name(4)]
+    assert d.suppressed == "flash" and "exposure_step" not in d.flags
+
+
+def test_a_meteor_in_a_real_flash_stays_suppressed():
+    night = Night(13)
+    night.quiet(3)
+    glow = 90.0 * np.exp(-np.arange(W, dtype=np.float32) / 220.0)[None, :]
+    short = meteor((300, 250), (370, 295), 60, 2)  # below flash_keep_streak_px
+    night.push(0.95, short, sky=night.base + glow)  # in a glow from one side
+    night.quiet(1)
+    d = night.finish()[night.name(4)]
+    assert d.suppressed == "flash" and "exposure_step" not in d.flags
+
+
+def test_a_steady_trail_cut_off_at_both_ends_is_a_satellite_even_alone():
+    # One frame only (it entered the Earth's shadow): evenly lit from end to end.
+    night = Night(14)
+    night.quiet(3)
+    night.push(0.95, seg((150, 120), (330, 200), 30, 2))
+    night.quiet(2)
+    d = night.finish()[night.name(4)]
+    assert d.suppressed == "satellite" and "steady_trail" in d.flags
+
+
+@pytest.mark.parametrize("shape", [(1.2, 0.5), (2.0, 0.8), (2.5, 1.1)])
+def test_a_meteor_that_brightens_and_fades_is_not_a_steady_trail(shape):
+    night = Night(15)
+    night.quiet(3)
+    night.push(0.95, meteor((150, 120), (330, 200), 60, 1, *shape))
+    night.quiet(2)
+    d = night.finish()[night.name(4)]
+    assert d.alert and "steady_trail" not in d.flags, (d.suppressed, d.flags)
+
+
+def test_a_saturated_fireball_is_never_a_steady_trail():
+    night = Night(16)
+    night.quiet(3)
+    night.push(0.99, seg((80, 60), (560, 420), 240, 3))  # clipped flat by the sensor
+    night.quiet(2)
+    d = night.finish()[night.name(4)]
+    assert d.alert and "steady_trail" not in d.flags, (d.suppressed, d.flags)
+
+
+def test_steady_trail_rule_can_be_turned_off():
+    night = Night(14, cfg=SuppressionConfig(steady_trail_box=0))
+    night.quiet(3)
+    night.push(0.95, seg((150, 120), (330, 200), 30, 2))
+    night.quiet(2)
+    assert night.finish()[night.name(4)].alert
+
+
 def test_a_long_bright_streak_in_a_flash_frame_is_kept():
     night = Night(11)
     night.quiet(3)
-    night.push(0.99, seg((80, 60), (560, 420), 120, 3), add=45.0)  # a fireball lights the sky
+    glow = 90.0 * np.exp(-np.arange(W, dtype=np.float32) / 220.0)[None, :]
+    night.push(0.99, meteor((80, 60), (560, 420), 120, 3), sky=night.base + glow)  # a fireball
     night.quiet(1)
     d = night.finish()[night.name(4)]
     assert d.alert and "streak_in_flash" in d.flags and "whole_frame_change" in d.flags
@@ -330,8 +414,8 @@ def test_streak_inside_a_static_mask_is_masked():
     night = Night(21)
     night.decider = Decider(SuppressionConfig(), static_mask=mask)
     night.quiet(1)
-    night.push(0.9, seg((520, 420), (640, 470), 80, 2))  # the raw difference still shows it
-    night.push(0.9, seg((100, 100), (200, 160), 80, 2))
+    night.push(0.9, meteor((520, 420), (640, 470), 80, 2))  # the raw difference still shows it
+    night.push(0.9, meteor((100, 100), (200, 160), 80, 2))
     night.quiet(1)
     decisions = night.finish()
     assert decisions[night.name(2)].suppressed == "masked"
@@ -374,13 +458,13 @@ def test_moving_cloud_edges_are_cloud_but_a_meteor_between_them_is_not():
         night.push(0.01, sky=clouds.sky(k))
     night.push(0.9, sky=clouds.sky(3))  # the model fired on moving cloud edges
     night.push(0.01, sky=clouds.sky(4))
-    night.push(0.9, seg((150, 150), (330, 260), 90, 2), sky=clouds.sky(5))
+    night.push(0.9, meteor((150, 150), (330, 260), 90, 2), sky=clouds.sky(5))
     night.push(0.01, sky=clouds.sky(6))
     decisions = night.finish()
     cloud = decisions[night.name(4)]
     assert cloud.suppressed == "cloud", cloud.flags
-    meteor = decisions[night.name(6)]
-    assert meteor.alert and abs(meteor.streak["x1"] - 150) < 5
+    between = decisions[night.name(6)]
+    assert between.alert and abs(between.streak["x1"] - 150) < 5
 
 
 def test_overcast_diffuse_change_without_a_streak_is_cloud():
@@ -511,6 +595,9 @@ def test_decision_to_dict_is_json_ready():
     ("satellite_gap_frac = 4.0\nlink_gap_frac = 1.0", "suppression.satellite_gap_frac"),
     ("decision_timeout_s = 0", "suppression.decision_timeout_s"),
     ("persistence = 'yes'", "suppression.persistence"),
+    ("exposure_step_max_residual = 0", "suppression.exposure_step_max_residual"),
+    ("steady_trail_box = 1.5", "suppression.steady_trail_box"),
+    ("steady_trail_snr = -1", "suppression.steady_trail_snr"),
 ])
 def test_bad_suppression_settings_name_the_key(line, key):
     with pytest.raises(ConfigError, match=key):

@@ -199,3 +199,28 @@ def test_bad_input_is_refused():
         DiffAnalysis(np.zeros((10, 10), np.float32))
     with pytest.raises(ValueError, match="min_dots"):
         StreakParams(min_dots=2)
+
+
+# ---------------------------------------------------------------- steadiness (satellite or meteor)
+
+
+def test_steadiness_tells_an_even_trail_from_a_meteor_light_curve():
+    from tests.drawing import draw_meteor
+
+    p1, p2 = (300, 400), (620, 520)
+    even = DiffAnalysis(pair(40, line(p1, p2, 30, 2)))
+    box, snr = even.steadiness(even.streaks[0])
+    assert box >= 0.85 and snr >= 10
+
+    def meteor(layer):
+        draw_meteor(layer, p1, p2, 60.0, 2, floor=0.0)
+
+    fading = DiffAnalysis(pair(41, meteor))
+    box, snr = fading.steadiness(fading.streaks[0])
+    assert box <= 0.6 and snr >= 10  # bright enough to tell, and not steady
+
+    faint = DiffAnalysis(pair(42, line(p1, p2, 6, 1)))
+    if faint.streaks:  # too faint to judge: the rule needs snr >= 10
+        assert faint.steadiness(faint.streaks[0])[1] < 10
+    short = Streak(300, 400, 310, 405, width_px=2, peak=30)
+    assert even.steadiness(short) == (0.0, 0.0)

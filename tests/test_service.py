@@ -22,6 +22,7 @@ import pytest
 
 from edge.eventschema import SCHEMA_PATH
 from tests.broker import THING, Subscriber, run_broker
+from tests.drawing import draw_meteor
 from tests.tinymodel import make_tiny_bundle
 
 NIGHT = "20261120"
@@ -36,7 +37,7 @@ def frame_image(index: int, meteor: bool) -> np.ndarray:
     rng = np.random.default_rng(index)
     image = np.clip(35 + rng.normal(0, 3, SIZE), 0, 255)
     if meteor:
-        cv2.line(image, (40, 30 + index % 50), (260, 200), 120.0, 3)
+        draw_meteor(image, (40, 30 + index % 50), (260, 200), 120.0, 3)
     return image.astype(np.uint8)
 
 
