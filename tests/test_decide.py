@@ -129,6 +129,11 @@ def strobes(k: int, start=(80.0, 420.0), step=(120.0, -25.0), spacing: float = 1
 METEOR = meteor((300, 250), (420, 330), 60, 2)
 
 
+def headlights(night: Night) -> np.ndarray:
+    """The night's sky lit from one side (up to +90 grey levels), fading across the frame."""
+    return night.base + 90.0 * np.exp(-np.arange(W, dtype=np.float32) / 220.0)[None, :]
+
+
 # ------------------------------------------------------------------ ordering and latency
 
 
@@ -285,8 +290,7 @@ def test_split_meteor_rule_can_be_turned_off():
 def test_flash_and_dawn_exposure_jump_are_suppressed():
     night = Night(10)
     night.quiet(3)
-    glow = 90.0 * np.exp(-np.arange(W, dtype=np.float32) / 220.0)[None, :]
-    night.push(0.9, sky=night.base + glow)  # headlights from one side: not one global curve
+    night.push(0.9, sky=headlights(night))  # from one side: not one global brightness curve
     night.quiet(3)
     night.push(0.9, scale=1.6)  # dawn: auto-exposure steps up, the sky jumps
     night.quiet(1)
@@ -317,21 +321,18 @@ def test_a_meteor_on_an_exposure_step_is_kept(render):
     assert int(np.percentile(d.difference, 50)) <= 2  # the decision carries the clean difference
 
 
-def test_exposure_steps_can_be_turned_off():
-    night = Night(12, cfg=SuppressionConfig(exposure_steps=False))
+@pytest.mark.parametrize(("cfg", "render"), [
+    (SuppressionConfig(exposure_steps=False), {"scale": 1.6}),  # compensation turned off
+    (SuppressionConfig(), {"glow": True}),  # headlights: not one global brightness curve
+], ids=["steps-off", "headlights"])
+def test_a_short_meteor_in_a_flash_that_is_no_exposure_step_stays_a_flash(cfg, render):
+    night = Night(13, cfg=cfg)
     night.quiet(3)
-    night.push(0.95, meteor((300, 250), (370, 295), 60, 2), scale=1.6)  # < 100 px
-    night.quiet(1)
-    d = night.finish()[night.name(4)]
-    assert d.suppressed == "flash" and "exposure_step" not in d.flags
-
-
-def test_a_meteor_in_a_real_flash_stays_suppressed():
-    night = Night(13)
-    night.quiet(3)
-    glow = 90.0 * np.exp(-np.arange(W, dtype=np.float32) / 220.0)[None, :]
+    render = dict(render)
+    if render.pop("glow", False):
+        render["sky"] = headlights(night)
     short = meteor((300, 250), (370, 295), 60, 2)  # below flash_keep_streak_px
-    night.push(0.95, short, sky=night.base + glow)  # in a glow from one side
+    night.push(0.95, short, **render)
     night.quiet(1)
     d = night.finish()[night.name(4)]
     assert d.suppressed == "flash" and "exposure_step" not in d.flags
@@ -377,8 +378,7 @@ def test_steady_trail_rule_can_be_turned_off():
 def test_a_long_bright_streak_in_a_flash_frame_is_kept():
     night = Night(11)
     night.quiet(3)
-    glow = 90.0 * np.exp(-np.arange(W, dtype=np.float32) / 220.0)[None, :]
-    night.push(0.99, meteor((80, 60), (560, 420), 120, 3), sky=night.base + glow)  # a fireball
+    night.push(0.99, meteor((80, 60), (560, 420), 120, 3), sky=headlights(night))  # a fireball
     night.quiet(1)
     d = night.finish()[night.name(4)]
     assert d.alert and "streak_in_flash" in d.flags and "whole_frame_change" in d.flags
