@@ -297,6 +297,10 @@ class Decider:
         if not streaks:
             flags.append("no_streak")
             reason = self._diffuse_reason(entry, flags)
+            if reason is None and self.cfg.persistence:
+                reason = self._change_on_a_track(entry, nxt)
+                if reason is not None:
+                    flags.append("on_track")
             if reason is None and entry.exposure_step:
                 reason = "flash"  # the step itself was all there was to see
             return done(reason, None, streaks)
@@ -374,6 +378,33 @@ class Decider:
             flags.append("split_meteor")
             return ""
         return "duplicate"
+
+    def _change_on_a_track(self, entry: _Entry, nxt: _Entry | None) -> str | None:
+        """A candidate without a streak whose change lies on the line of a streak in the frame
+        before or after, beyond its end: the short, blob-like piece of a moving object (a
+        bright dash too stubby to pass as a line, a satellite's last seconds)."""
+        cfg = self.cfg
+        blobs = entry.analysis.blobs
+        if not blobs:
+            return None
+        centres = [entry.analysis.to_full(float(b.pixels[1].mean()), float(b.pixels[0].mean()))
+                   for b in blobs]
+        for other in (entry.prev, nxt if nxt is not None and nxt.prev is entry else None):
+            if other is None:
+                continue
+            for track in other.link_streaks:
+                if track.fwhm_px >= cfg.cloud_min_fwhm_px:
+                    continue  # soft cloud edges do not fly
+                length = max(track.length_px, 1.0)
+                ux, uy = (track.x2 - track.x1) / length, (track.y2 - track.y1) / length
+                for x, y in centres:
+                    along = (x - track.x1) * ux + (y - track.y1) * uy
+                    across = abs(-(x - track.x1) * uy + (y - track.y1) * ux)
+                    beyond = max(-along, along - length)  # > 0: past one of its ends
+                    if across <= cfg.link_offset_px and 0 < beyond <= (
+                            cfg.link_gap_frac * length + cfg.link_offset_px):
+                        return "aircraft" if track.dotted else "satellite"
+        return None
 
     def _recurring(self, entry: _Entry, streak: Streak, nxt: _Entry | None,
                    flags: list[str]) -> str | None:
