@@ -239,9 +239,7 @@ class Decider:
     def _exposure_compensated(self, previous: np.ndarray,
                               current: np.ndarray) -> DiffAnalysis | None:
         """The pair's difference with an exposure/gain step taken out, if it was one."""
-        shape = current.shape
-        auto = self.auto_mask.mask_for(shape) if self.auto_mask is not None else None
-        mask = combine_masks(auto, self.static_mask)
+        mask = self._mask_at(current.shape)
         lut = exposure_step(previous, current, mask, self.cfg.exposure_step_max_residual)
         if lut is None:
             return None
@@ -389,9 +387,7 @@ class Decider:
             return None
         centres = [entry.analysis.to_full(float(b.pixels[1].mean()), float(b.pixels[0].mean()))
                    for b in blobs]
-        for other in (entry.prev, nxt if nxt is not None and nxt.prev is entry else None):
-            if other is None:
-                continue
+        for other in _neighbours(entry, nxt):
             for track in other.link_streaks:
                 if track.fwhm_px >= cfg.cloud_min_fwhm_px:
                     continue  # soft cloud edges do not fly
@@ -416,9 +412,7 @@ class Decider:
         if cfg.recur_offset_px <= 0:
             return None
         best = math.inf
-        for other_entry in (entry.prev, nxt if nxt is not None and nxt.prev is entry else None):
-            if other_entry is None:
-                continue
+        for other_entry in _neighbours(entry, nxt):
             for other in other_entry.link_streaks:
                 shift = _side_shift(streak, other, 10.0)
                 best = min(best, shift)
@@ -501,14 +495,16 @@ class Decider:
 
     # ------------------------------------------------------------------ masks and clouds
 
-    def _mask_small(self, analysis: DiffAnalysis) -> np.ndarray | None:
-        shape = analysis.small.shape
+    def _mask_at(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The static and learned masks together at `shape` (None: nothing masked)."""
         auto = self.auto_mask.mask_for(shape) if self.auto_mask is not None else None
-        static = None
-        if self.static_mask is not None:
-            static = cv2.resize(self.static_mask, (shape[1], shape[0]),
-                                interpolation=cv2.INTER_NEAREST)
-        mask = combine_masks(auto, static)
+        static = self.static_mask
+        if static is not None and static.shape != shape:
+            static = cv2.resize(static, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        return combine_masks(auto, static)
+
+    def _mask_small(self, analysis: DiffAnalysis) -> np.ndarray | None:
+        mask = self._mask_at(analysis.small.shape)
         if mask is None:
             return None
         # The difference is already zeroed inside the mask: what leaks is just beside it.
@@ -558,6 +554,12 @@ class Decider:
         if self.cfg.cloud and self._cloudy(entry, flags):
             return "cloud"
         return None
+
+
+def _neighbours(entry: _Entry, nxt: _Entry | None) -> list[_Entry]:
+    """The consecutive frames before and after `entry` that are at hand."""
+    after = nxt if nxt is not None and nxt.prev is entry else None
+    return [e for e in (entry.prev, after) if e is not None]
 
 
 def _side_shift(a: Streak, b: Streak, max_angle: float) -> float:

@@ -312,6 +312,10 @@ class DiffAnalysis:
         yi = min(max(int(y / self.scale[1]), 0), spread.shape[0] - 1)
         return max(1.0, float(spread[yi, xi]) / self.spread)
 
+    def _sigma_at(self, x: float, y: float) -> float:
+        """Noise σ of the full-resolution difference at full-frame (x, y)."""
+        return self.full_noise[1] * self._noise_scale(x, y)
+
     def to_full(self, x: float, y: float) -> tuple[float, float]:
         return (x + 0.5) * self.scale[0] - 0.5, (y + 0.5) * self.scale[1] - 0.5
 
@@ -528,8 +532,8 @@ class DiffAnalysis:
         f = self.factor
         margin, half = 3 * f + 4, f + 1
         ts, prof, light = self._profile(x1, y1, ux, uy, -margin, length + margin, half)
-        base, sigma = self.full_noise
-        sigma *= self._noise_scale((x1 + x2) / 2, (y1 + y2) / 2)
+        base = self.full_noise[0]
+        sigma = self._sigma_at((x1 + x2) / 2, (y1 + y2) / 2)
         inner = (ts >= 0) & (ts <= length)
         typical = float(np.median(prof[inner])) if inner.any() else 0.0
         level = max(base + self.params.edge_k_sigma * sigma, base + 0.5 * (typical - base))
@@ -600,18 +604,14 @@ class DiffAnalysis:
         ux, uy = (streak.x2 - streak.x1) / length, (streak.y2 - streak.y1) / length
         half = self.factor + 1
         reach = 0.4 * length + 10
-        ts = np.arange(-reach, length + reach + 0.5, 1.0)
-        offs = np.arange(-half, half + 1, dtype=float)
-        light = self._sample(streak.x1 + ts[:, None] * ux - offs[None, :] * uy,
-                             streak.y1 + ts[:, None] * uy + offs[None, :] * ux).sum(axis=1)
+        ts, _, light = self._profile(streak.x1, streak.y1, ux, uy, -reach, length + reach, half)
         outside = (ts < -5) | (ts > length + 5)
         light -= float(np.median(light[outside]))
         w = max(3, int(length / 20))
         smooth = np.convolve(light, np.ones(w) / w, mode="same")
         plateau = float(np.percentile(smooth[(ts >= 0) & (ts <= length)], 90))
-        _, sigma = self.full_noise
-        sigma *= self._noise_scale((streak.x1 + streak.x2) / 2, (streak.y1 + streak.y2) / 2)
-        snr = plateau / (sigma * math.sqrt(len(offs) / w))
+        sigma = self._sigma_at((streak.x1 + streak.x2) / 2, (streak.y1 + streak.y2) / 2)
+        snr = plateau / (sigma * math.sqrt((2 * half + 1) / w))
         if plateau <= 0:
             return 0.0, snr
 
