@@ -121,6 +121,9 @@ class SuppressionConfig:
     # wider gap along the same straight line is a meteor split by that dead time.
     satellite_gap_frac: float = 0.5
     duplicates: bool = True  # a meteor split over two frames: keep the stronger
+    # ... unless the two pieces match in length and in peak brightness within this ratio: a
+    # steady light exposed twice (short twilight exposures), not a meteor split. 0 = off.
+    twin_ratio: float = 1.3
     # A trail seen in one frame only that is evenly lit and cut off sharply at both ends (a
     # satellite crossing for the whole exposure; a meteor brightens and fades) is "satellite":
     # its box-ness (edge/streaks.py: DiffAnalysis.steadiness) at least this, its plateau at
@@ -132,6 +135,13 @@ class SuppressionConfig:
     # frame a drifting cloud edge ("cloud"). 0 = off.
     recur_offset_px: float = 6.0
     recur_cloud_px: float = 40.0
+    # A candidate with some streaks explained (a satellite, an aircraft) and some not is scored
+    # again with the explained ones masked (their line ± rescore_margin_px); if that score is
+    # under rescore_below (and the threshold), the frame takes the explained reason. One extra
+    # inference, on such frames only.
+    rescore_mixed: bool = True
+    rescore_margin_px: float = 8.0
+    rescore_below: float = 0.5
     # aircraft: rows of evenly spaced strobe dots
     aircraft_min_dots: int = 5
     aircraft_single_frame: bool = True  # a dotted row alone is an aircraft too
@@ -346,6 +356,12 @@ def _validate(cfg: Config) -> None:
         bad("suppression.aircraft_min_dots", "must be >= 3")
     if s.recur_offset_px < 0 or s.recur_cloud_px < 0:
         bad("suppression.recur_offset_px", "recur_offset_px and recur_cloud_px must be >= 0")
+    if s.twin_ratio != 0 and s.twin_ratio < 1:
+        bad("suppression.twin_ratio", "must be >= 1 (0 = off)")
+    if s.rescore_margin_px < 0:
+        bad("suppression.rescore_margin_px", "must be >= 0 (px)")
+    if not 0 <= s.rescore_below <= 1:
+        bad("suppression.rescore_below", "must be in [0, 1]")
     if s.flash_keep_streak_px < 0:
         bad("suppression.flash_keep_streak_px", "must be >= 0 (0 = off)")
     if not 0 <= s.steady_trail_box <= 1:

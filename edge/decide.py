@@ -57,6 +57,10 @@ class Observation:
     difference: np.ndarray
     score: float
     threshold: float
+    # The same pair scored again with more pixels masked (0 = ignore), for when some of a
+    # candidate's streaks are explained and others are not; None where no model is at hand.
+    rescore: Callable[[np.ndarray], float] | None = field(default=None, repr=False,
+                                                          compare=False)
 
     def __post_init__(self) -> None:
         for name in ("current", "difference"):
@@ -90,6 +94,8 @@ class Decision:
     current: np.ndarray = field(repr=False)
     difference: np.ndarray = field(repr=False)
     streaks: list[Streak] = field(default_factory=list, repr=False)
+    # The score with the explained streaks masked, when the decider took a second look.
+    second_look: float | None = None
 
     @property
     def alert(self) -> bool:
@@ -307,9 +313,40 @@ class Decider:
         open_ = [s for s, r in zip(streaks, reasons, strict=True) if r is None]
         if not open_:
             return done(reasons[0], streaks[0], streaks)
-        for reason in sorted({r for r in reasons if r}, key=REASONS.index):
-            flags.append(f"also_{reason}")  # e.g. a satellite elsewhere in a meteor's frame
-        return done(None, open_[0], streaks)
+        explained = [(s, r) for s, r in zip(streaks, reasons, strict=True) if r]
+        second_look = self._score_without(obs, [s for s, _ in explained]) if explained else None
+        if second_look is not None and second_look < min(obs.threshold, self.cfg.rescore_below):
+            # What the model saw was the explained object; the rest (a star pair, a patch of
+            # noise) does not make a meteor on its own.
+            flags.append("rescored")
+            first, reason = min(explained, key=lambda sr: REASONS.index(sr[1]))
+            decision = done(reason, first, streaks)
+        else:
+            for reason in sorted({r for r in reasons if r}, key=REASONS.index):
+                flags.append(f"also_{reason}")  # e.g. a satellite elsewhere in a meteor's frame
+            decision = done(None, open_[0], streaks)
+        decision.second_look = second_look
+        return decision
+
+    def _score_without(self, obs: Observation, explained: list[Streak]) -> float | None:
+        """The model's score once the explained streaks are masked out (their line, widened by
+        rescore_margin_px); None when there is no second look. Under rescore_below (and the
+        threshold) the explained streaks were what it saw: a meteor beside a satellite keeps
+        its score (on the held-out nights it moved by 0.1 at most, unless the meteor itself
+        had been taken for a track); a star pair or noise beside one scores about 0.01."""
+        cfg = self.cfg
+        if not cfg.rescore_mixed or obs.rescore is None:
+            return None
+        mask = np.full(obs.difference.shape, 255, np.uint8)
+        margin = cfg.rescore_margin_px
+        for s in explained:
+            length = max(s.length_px, 1.0)
+            ux, uy = (s.x2 - s.x1) / length, (s.y2 - s.y1) / length
+            a = (round(s.x1 - margin * ux), round(s.y1 - margin * uy))
+            b = (round(s.x2 + margin * ux), round(s.y2 + margin * uy))
+            width = round(2 * margin + max(s.fwhm_px, s.width_px))
+            cv2.line(mask, a, b, 0, thickness=max(width, 3))
+        return float(obs.rescore(mask))
 
     def _explain(self, entry: _Entry, i: int, nxt: _Entry | None, flags: list[str]) -> str | None:
         """Why streak i of a candidate is not a meteor, or None."""
@@ -365,6 +402,12 @@ class Decider:
         other_entry, other = partners[0]
         if dotted or self._adjacent(streak, other):
             flags.append("persistent_2_frames")
+            return moving if cfg.persistence else None
+        if cfg.twin_ratio > 0 and _twins(streak, other, cfg.twin_ratio):
+            # Two equal dashes with a wide gap: one steady light exposed twice (twilight's short
+            # exposures leave most of each interval dark), not a meteor's rise and fade cut in
+            # two by the dead time.
+            flags.append("twin_pieces")
             return moving if cfg.persistence else None
         if not cfg.duplicates:
             return None
@@ -459,9 +502,15 @@ class Decider:
                    for q in ((b.x1, b.y1), (b.x2, b.y2)))
         if ends > cfg.satellite_gap_frac * longer + cfg.link_offset_px:
             return False
-        # ... and it goes on, not back over the same stretch.
-        return relate(a, b).gap_px >= -(0.15 * min(a.length_px, b.length_px)
-                                        + cfg.link_offset_px)
+        # ... it goes on, not back over the same stretch ...
+        r = relate(a, b)
+        if r.gap_px < -(0.15 * min(a.length_px, b.length_px) + cfg.link_offset_px):
+            return False
+        # ... and starts on a's path, not beside it: a bend of angle over the gap moves it off
+        # a's line by about gap·sin(angle); a parallel streak farther off is something else
+        # (a meteor beside an aircraft's path, two meteors of one shower).
+        bend = abs(r.gap_px) * math.sin(math.radians(r.angle_deg))
+        return r.offset_px <= cfg.link_offset_px + bend
 
     def _continues(self, a: Streak, b: Streak) -> tuple[bool, float]:
         """Whether b continues a in the next frame, and how well (lower is better)."""
@@ -470,7 +519,9 @@ class Decider:
             return False, math.inf  # soft cloud edges do not fly
         angle = angle_between(a, b)
         if self._adjacent(a, b):
-            return True, angle
+            # Ranked by bend and by how far b's start sits off a's line: a meteor beside an
+            # aircraft's path must not take the aircraft's next piece from its own last one.
+            return True, angle + relate(a, b).offset_px
         # Farther along the same straight line: a meteor on both sides of the dead time.
         if angle > cfg.link_angle_deg / 4:
             return False, math.inf
@@ -560,6 +611,13 @@ def _neighbours(entry: _Entry, nxt: _Entry | None) -> list[_Entry]:
     """The consecutive frames before and after `entry` that are at hand."""
     after = nxt if nxt is not None and nxt.prev is entry else None
     return [e for e in (entry.prev, after) if e is not None]
+
+
+def _twins(a: Streak, b: Streak, ratio: float) -> bool:
+    """Same length and same peak brightness, each within `ratio` of the other."""
+    lengths = sorted((a.length_px, b.length_px))
+    peaks = sorted((a.peak, b.peak))
+    return lengths[1] <= ratio * lengths[0] and peaks[1] <= ratio * max(peaks[0], 1e-6)
 
 
 def _side_shift(a: Streak, b: Streak, max_angle: float) -> float:

@@ -122,6 +122,7 @@ class Pipeline:
             released += decider.push(Observation(
                 frame=frame, current=current, difference=difference, score=score,
                 threshold=threshold,
+                rescore=_rescorer(scorer, reference.gray, current, mask),
             ))
         self._reference = Reference(frame, current)
         t_done = time.perf_counter()
@@ -148,6 +149,16 @@ class Pipeline:
                 self.counters["suppressed"] += 1
             elif decision.detected:
                 self.counters["detected"] += 1
+
+
+def _rescorer(scorer: Scorer, previous: np.ndarray, current: np.ndarray,
+              mask: np.ndarray | None) -> Callable[[np.ndarray], float]:
+    """The same pair scored again with `extra` pixels masked too (the decider's second look)."""
+
+    def rescore(extra: np.ndarray) -> float:
+        return scorer.score(previous, current, extra if mask is None else np.minimum(mask, extra))
+
+    return rescore
 
 
 def make_pipeline(cfg: Config, scorer: Scorer, auto_mask: AutoMask | None = None) -> Pipeline:

@@ -32,7 +32,8 @@ class Night:
     """Renders frames (noise + stars + whatever each frame draws) and feeds a Decider."""
 
     def __init__(self, seed: int = 0, stars: int = 1200, cfg: SuppressionConfig | None = None,
-                 auto_mask: AutoMask | None = None, sky: float = 30.0):
+                 auto_mask: AutoMask | None = None, sky: float = 30.0,
+                 model: Callable[[np.ndarray], float] | None = None):
         self.rng = np.random.default_rng(seed)
         base = np.full((H, W), sky, np.float32)
         ys, xs = self.rng.integers(0, H, stars), self.rng.integers(0, W, stars)
@@ -44,6 +45,8 @@ class Night:
         self.decisions: list[Decision] = []
         self.pushed: list[Frame] = []
         self.clock = 0.0
+        self.model = model  # scores a (masked) difference for the decider's second look
+        self.rescore_masks: list[np.ndarray] = []
 
     def render(self, draw: Draw | None = None, scale: float = 1.0, add: float = 0.0,
                sky: np.ndarray | None = None) -> np.ndarray:
@@ -66,7 +69,15 @@ class Night:
         frame = frame_at(self.index)
         self.pushed.append(frame)
         self.clock += 30.0
-        out = self.decider.push(Observation(frame, cur, diff, score, 0.5), now=self.clock)
+        rescore = None
+        if self.model is not None:
+            model = self.model
+
+            def rescore(mask: np.ndarray, diff: np.ndarray = diff) -> float:
+                self.rescore_masks.append(mask)
+                return model(np.where(mask > 0, diff, 0).astype(np.uint8))
+        out = self.decider.push(Observation(frame, cur, diff, score, 0.5, rescore),
+                                now=self.clock)
         self.decisions += out
         self.prev = cur
         return out
@@ -271,6 +282,89 @@ def test_meteor_beside_a_satellite_is_still_an_alert():
     assert middle.streak is not None and abs(middle.streak["x1"] - 150) < 5
     assert decisions[night.name(2)].suppressed == "satellite"
     assert decisions[night.name(4)].suppressed == "satellite"
+
+
+def bright_thing_model(diff: np.ndarray) -> float:
+    """A stand-in model for the second look: it sees a meteor where a 5x5 box of the (masked)
+    difference averages 12 grey levels or more (a 2-px trail at 60), not in a dim 1-px line."""
+    return 0.95 if float(cv2.blur(diff, (5, 5)).max()) >= 12 else 0.05
+
+
+FAINT_LINE = seg((420, 380), (460, 400), 30)  # a thin line no meteor model would alert on
+
+
+def test_a_faint_line_beside_a_satellite_is_not_an_alert_once_the_satellite_is_masked():
+    # Without the second look the unexplained line keeps the satellite's frame an alert.
+    for model, alert in ((None, True), (bright_thing_model, False)):
+        night = Night(8, model=model)
+        night.quiet(1)
+        night.push(0.9, satellite(0))
+        night.push(0.9, both(satellite(1), FAINT_LINE))
+        night.push(0.9, satellite(2))
+        night.quiet(1)
+        middle = night.finish()[night.name(3)]
+        assert middle.alert is alert, (model, middle.flags)
+        if not alert:
+            assert middle.suppressed == "satellite" and "rescored" in middle.flags
+            (mask,) = night.rescore_masks
+            # The satellite's line is masked out, the faint line is left to the model.
+            assert mask[140, 225] == 0  # the middle of satellite(1)
+            assert mask[390, 440] == 255
+
+
+def test_a_meteor_beside_a_satellite_survives_the_second_look():
+    night = Night(8, model=bright_thing_model)
+    night.quiet(1)
+    night.push(0.9, satellite(0))
+    night.push(0.97, both(satellite(1), meteor((150, 380), (260, 460), 60, 2)))
+    night.push(0.9, satellite(2))
+    night.quiet(1)
+    middle = night.finish()[night.name(3)]
+    assert middle.alert and "also_satellite" in middle.flags and "rescored" not in middle.flags
+    assert len(night.rescore_masks) == 1
+
+
+def test_the_second_look_can_be_turned_off():
+    cfg = dataclasses.replace(SuppressionConfig(), rescore_mixed=False)
+    night = Night(8, cfg=cfg, model=bright_thing_model)
+    night.quiet(1)
+    night.push(0.9, satellite(0))
+    night.push(0.9, both(satellite(1), FAINT_LINE))
+    night.push(0.9, satellite(2))
+    night.quiet(1)
+    assert night.finish()[night.name(3)].alert and night.rescore_masks == []
+
+
+def test_meteors_of_one_shower_side_by_side_in_consecutive_frames_are_not_a_track():
+    # Parallel and end to start, but 27 px apart sideways: no moving object jumps off its path.
+    night = Night(12)
+    night.quiet(1)
+    night.push(0.9, meteor((100, 100), (220, 160), 60, 2))
+    night.push(0.9, meteor((230, 195), (330, 245), 60, 2))
+    night.quiet(1)
+    decisions = night.finish()
+    assert decisions[night.name(2)].alert, decisions[night.name(2)].flags
+    assert decisions[night.name(3)].alert, decisions[night.name(3)].flags
+
+
+@pytest.mark.parametrize("twin_ratio", [1.3, 0.0], ids=["twins", "rule-off"])
+def test_two_equal_dashes_far_apart_are_one_light_exposed_twice(twin_ratio):
+    # Short twilight exposures: a steady light leaves equal dashes with most of each interval
+    # dark between them, which the split-meteor rule would otherwise keep as a meteor.
+    cfg = dataclasses.replace(SuppressionConfig(), twin_ratio=twin_ratio)
+    night = Night(13, cfg=cfg)
+    night.quiet(1)
+    night.push(0.9, seg((100, 300), (150, 290), 45, 2))
+    night.push(0.9, seg((220, 276), (270, 266), 45, 2))
+    night.quiet(1)
+    decisions = night.finish()
+    first, second = decisions[night.name(2)], decisions[night.name(3)]
+    if twin_ratio:
+        assert first.suppressed == second.suppressed == "satellite"
+        assert "twin_pieces" in first.flags
+    else:
+        assert first.alert and "split_meteor" in first.flags
+        assert second.suppressed == "duplicate"
 
 
 def test_meteor_split_over_two_frames_keeps_the_stronger_half():
@@ -617,6 +711,9 @@ def test_decision_to_dict_is_json_ready():
     ("exposure_step_max_residual = 0", "suppression.exposure_step_max_residual"),
     ("steady_trail_box = 1.5", "suppression.steady_trail_box"),
     ("steady_trail_snr = -1", "suppression.steady_trail_snr"),
+    ("twin_ratio = 0.5", "suppression.twin_ratio"),
+    ("rescore_below = 2", "suppression.rescore_below"),
+    ("rescore_margin_px = -1", "suppression.rescore_margin_px"),
 ])
 def test_bad_suppression_settings_name_the_key(line, key):
     with pytest.raises(ConfigError, match=key):

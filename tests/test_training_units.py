@@ -14,6 +14,7 @@ from training import dataset
 from training._common import TrainingError
 from training._metrics import (
     at_threshold,
+    best_within,
     choose_threshold,
     int8_refusal,
     parity,
@@ -308,3 +309,35 @@ def test_alert_scores_zero_what_the_pipeline_suppressed():
     del results["/n/20261102/c.jpg"]
     with pytest.raises(TrainingError, match="did not score"):
         alert_scores(rows, results)
+
+
+def test_alert_scores_apply_the_second_look_at_each_threshold():
+    import pandas as pd
+
+    from training.alert_threshold import _suppressed_shares, alert_scores
+
+    rows = pd.DataFrame({"frame": ["a", "b", "c", "d"], "label": ["not_meteor"] * 3 + ["meteor"],
+                         "satellite": [1, 1, 1, 1]})
+    # At threshold 0 the second look never suppresses; each frame records its value.
+    results = {"a": {"score": 0.9, "suppressed": None, "second_look": 0.02},  # noise left
+               "b": {"score": 0.9, "suppressed": None, "second_look": 0.7},  # something left
+               "c": {"score": 0.9, "suppressed": None, "second_look": None},
+               "d": {"score": 0.9, "suppressed": None}}  # a meteor beside a satellite
+    # a alerts only for thresholds up to 0.02; b's 0.7 is over rescore_below: it stays an alert.
+    assert alert_scores(rows, results, rescore_below=0.5).tolist() == [0.02, 0.9, 0.9, 0.9]
+    shares = _suppressed_shares(rows, results, 0.85, rescore_below=0.5)
+    assert shares["satellite"]["over_threshold"] == 3 and shares["satellite"]["suppressed"] == 1
+    assert shares["meteor"]["over_threshold"] == 1 and shares["meteor"]["suppressed"] == 0
+
+
+def test_best_within_finds_the_highest_recall_inside_the_false_positive_budget():
+    # 1,000 frames: 10 meteors spread over the scores, 15 look-alikes at 0.8, the rest at 0.
+    meteors = np.array([0.1, 0.3, 0.5, 0.79, 0.82, 0.85, 0.9, 0.93, 0.96, 0.99])
+    y = np.r_[np.ones(10, bool), np.zeros(990, bool)]
+    p = np.r_[meteors, np.full(15, 0.8), np.zeros(975)]
+    best = best_within(y, p, 10.0)  # at most 10 false positives: above 0.8 only
+    assert best is not None and best["threshold"] == 0.81 and best["fp"] == 0
+    assert best["recall"] == 0.6 and best["fp_budget_per_1000"] == 10.0
+    loose = best_within(y, p, 15.0)  # the 15 look-alikes fit: every meteor, at the grid's foot
+    assert loose is not None and loose["fp"] == 15 and loose["recall"] == 1.0
+    assert best_within(y, np.r_[meteors, np.ones(990)], 10.0) is None  # no threshold fits

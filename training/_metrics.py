@@ -75,6 +75,16 @@ def sweep(y, p, thresholds=SWEEP) -> list[dict[str, Any]]:
     return [at_threshold(y, p, t) for t in sorted(set(thresholds))]
 
 
+def best_within(y, p, fp_per_1000: float) -> dict[str, Any] | None:
+    """The highest-recall threshold of the fine grid whose false positives stay within
+    `fp_per_1000` frames per 1,000 (None if none does): a target's verdict, not a sweep row."""
+    within = [m for m in (at_threshold(y, p, t) for t in GRID) if m["fp_per_1000"] <= fp_per_1000]
+    if not within:
+        return None
+    best = max(within, key=lambda m: (m["recall"], -m["threshold"]))
+    return {**best, "fp_budget_per_1000": fp_per_1000}
+
+
 def roc_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
     """(fpr, tpr, auc) over every distinct score; auc by the trapezoid rule."""
     y, p = _arrays(y, p)

@@ -15,9 +15,11 @@ alert scores, and the bundle's manifest gets the threshold, the rule and the mea
 
 The suppression verdicts are taken from one run at threshold 0, where every frame is a
 candidate (a rule's verdict on a frame does not depend on the threshold, except that a
-"duplicate" needs its twin to have been an alert). The test nights are then run again at the
-chosen threshold, exactly as the Pi would run them, and both the classifier-alone and the
-pipeline numbers go into the manifest: those are the figures a model card quotes.
+"duplicate" needs its twin to have been an alert, and the second look at a candidate with both
+explained and unexplained streaks compares with the threshold: applied afterwards, from the
+second-look score each decision records). The test nights are then run again at the chosen
+threshold, exactly as the Pi would run them, and both the classifier-alone and the pipeline
+numbers go into the manifest: those are the figures a model card quotes.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def run_pipeline(bundle: Path, nights: list[Path], threshold: float,
         for decision in scan_decisions(pipeline, frames, progress=False):
             out[str(decision.frame.path)] = {"score": float(decision.score),
                                              "alert": decision.alert,
-                                             "suppressed": decision.suppressed}
+                                             "suppressed": decision.suppressed,
+                                             "second_look": decision.second_look}
         log.info("  %s: %d frames", night.name, len(frames))
     return out
 
@@ -78,10 +81,35 @@ def _results_for(rows, results: dict[str, dict[str, Any]]) -> list[dict[str, Any
     return [results[str(p)] for p in rows["frame"]]
 
 
-def alert_scores(rows, results: dict[str, dict[str, Any]]) -> np.ndarray:
-    """Per index row: the model score where the pipeline would not suppress it, else 0."""
-    return np.asarray([0.0 if r["suppressed"] else r["score"]
-                       for r in _results_for(rows, results)], dtype=np.float64)
+def alert_scores(rows, results: dict[str, dict[str, Any]],
+                 rescore_below: float | None = None) -> np.ndarray:
+    """Per index row: the model score where the pipeline would not suppress it, else 0.
+
+    The one threshold-dependent rule, the decider's second look (a frame whose explained streaks
+    masked out score under min(threshold, rescore_below) takes their reason), is applied here:
+    at threshold 0 it never fires, so such a frame alerts at t only while t <= its second look.
+    """
+    below = _rescore_below(rescore_below)
+    out = []
+    for r in _results_for(rows, results):
+        score = 0.0 if r["suppressed"] else r["score"]
+        look = r.get("second_look")
+        if look is not None and look < below:
+            score = min(score, look)
+        out.append(score)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _rescore_below(value: float | None) -> float:
+    from edge.config import SuppressionConfig
+
+    return SuppressionConfig().rescore_below if value is None else value
+
+
+def _suppressed_at(result: dict[str, Any], threshold: float, below: float) -> bool:
+    """Whether a threshold-0 result is suppressed when run at `threshold`."""
+    look = result.get("second_look")
+    return bool(result["suppressed"]) or (look is not None and look < min(threshold, below))
 
 
 def _flag(rows, column: str):
@@ -93,15 +121,19 @@ def _flag(rows, column: str):
     return pd.to_numeric(rows[column], errors="coerce").fillna(0) > 0
 
 
-def _suppressed_shares(rows, results: dict[str, dict[str, Any]], threshold: float) -> dict:
-    """Among frames the classifier puts over `threshold`: how many each rule removed."""
+def _suppressed_shares(rows, results: dict[str, dict[str, Any]], threshold: float,
+                       rescore_below: float | None = None) -> dict:
+    """Among frames the classifier puts over `threshold`: how many each rule removed. Satellite
+    and aircraft frames are those without a meteor (a meteor beside a satellite must alert)."""
+    below = _rescore_below(rescore_below)
+    meteor = rows["label"] == METEOR
     out: dict[str, Any] = {}
-    for name, kind in (("meteor", rows["label"] == METEOR),
-                       ("satellite", _flag(rows, "satellite")),
-                       ("aircraft", _flag(rows, "aircraft"))):
+    for name, kind in (("meteor", meteor),
+                       ("satellite", _flag(rows, "satellite") & ~meteor),
+                       ("aircraft", _flag(rows, "aircraft") & ~meteor)):
         over = [results[str(p)] for p in rows.loc[kind, "frame"]
                 if results[str(p)]["score"] >= threshold]
-        removed = sum(1 for r in over if r["suppressed"])
+        removed = sum(1 for r in over if _suppressed_at(r, threshold, below))
         out[name] = {"over_threshold": len(over), "suppressed": removed,
                      "suppressed_share": removed / len(over) if over else None}
     return out
