@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -293,16 +294,21 @@ def bright_thing_model(diff: np.ndarray) -> float:
 FAINT_LINE = seg((420, 380), (460, 400), 30)  # a thin line no meteor model would alert on
 
 
+def satellite_beside(extra: Draw, score: float = 0.9, **night: Any) -> tuple[Night, Decision]:
+    """A satellite over three frames with `extra` drawn in the middle one; that frame's decision."""
+    n = Night(8, **night)
+    n.quiet(1)
+    n.push(0.9, satellite(0))
+    n.push(score, both(satellite(1), extra))
+    n.push(0.9, satellite(2))
+    n.quiet(1)
+    return n, n.finish()[n.name(3)]
+
+
 def test_a_faint_line_beside_a_satellite_is_not_an_alert_once_the_satellite_is_masked():
     # Without the second look the unexplained line keeps the satellite's frame an alert.
     for model, alert in ((None, True), (bright_thing_model, False)):
-        night = Night(8, model=model)
-        night.quiet(1)
-        night.push(0.9, satellite(0))
-        night.push(0.9, both(satellite(1), FAINT_LINE))
-        night.push(0.9, satellite(2))
-        night.quiet(1)
-        middle = night.finish()[night.name(3)]
+        night, middle = satellite_beside(FAINT_LINE, model=model)
         assert middle.alert is alert, (model, middle.flags)
         if not alert:
             assert middle.suppressed == "satellite" and "rescored" in middle.flags
@@ -313,38 +319,36 @@ def test_a_faint_line_beside_a_satellite_is_not_an_alert_once_the_satellite_is_m
 
 
 def test_a_meteor_beside_a_satellite_survives_the_second_look():
-    night = Night(8, model=bright_thing_model)
-    night.quiet(1)
-    night.push(0.9, satellite(0))
-    night.push(0.97, both(satellite(1), meteor((150, 380), (260, 460), 60, 2)))
-    night.push(0.9, satellite(2))
-    night.quiet(1)
-    middle = night.finish()[night.name(3)]
+    night, middle = satellite_beside(meteor((150, 380), (260, 460), 60, 2), 0.97,
+                                     model=bright_thing_model)
     assert middle.alert and "also_satellite" in middle.flags and "rescored" not in middle.flags
     assert len(night.rescore_masks) == 1
 
 
 def test_the_second_look_can_be_turned_off():
     cfg = dataclasses.replace(SuppressionConfig(), rescore_mixed=False)
-    night = Night(8, cfg=cfg, model=bright_thing_model)
+    night, middle = satellite_beside(FAINT_LINE, cfg=cfg, model=bright_thing_model)
+    assert middle.alert and night.rescore_masks == []
+
+
+def two_frames(seed: int, first: Draw, second: Draw, scores: tuple[float, float] = (0.9, 0.9),
+               cfg: SuppressionConfig | None = None) -> tuple[Decision, Decision]:
+    """Two consecutive candidates between quiet frames; their decisions."""
+    night = Night(seed, cfg=cfg)
     night.quiet(1)
-    night.push(0.9, satellite(0))
-    night.push(0.9, both(satellite(1), FAINT_LINE))
-    night.push(0.9, satellite(2))
+    night.push(scores[0], first)
+    night.push(scores[1], second)
     night.quiet(1)
-    assert night.finish()[night.name(3)].alert and night.rescore_masks == []
+    decisions = night.finish()
+    return decisions[night.name(2)], decisions[night.name(3)]
 
 
 def test_meteors_of_one_shower_side_by_side_in_consecutive_frames_are_not_a_track():
     # Parallel and end to start, but 27 px apart sideways: no moving object jumps off its path.
-    night = Night(12)
-    night.quiet(1)
-    night.push(0.9, meteor((100, 100), (220, 160), 60, 2))
-    night.push(0.9, meteor((230, 195), (330, 245), 60, 2))
-    night.quiet(1)
-    decisions = night.finish()
-    assert decisions[night.name(2)].alert, decisions[night.name(2)].flags
-    assert decisions[night.name(3)].alert, decisions[night.name(3)].flags
+    first, second = two_frames(12, meteor((100, 100), (220, 160), 60, 2),
+                               meteor((230, 195), (330, 245), 60, 2))
+    assert first.alert, first.flags
+    assert second.alert, second.flags
 
 
 @pytest.mark.parametrize("twin_ratio", [1.3, 0.0], ids=["twins", "rule-off"])
@@ -352,13 +356,8 @@ def test_two_equal_dashes_far_apart_are_one_light_exposed_twice(twin_ratio):
     # Short twilight exposures: a steady light leaves equal dashes with most of each interval
     # dark between them, which the split-meteor rule would otherwise keep as a meteor.
     cfg = dataclasses.replace(SuppressionConfig(), twin_ratio=twin_ratio)
-    night = Night(13, cfg=cfg)
-    night.quiet(1)
-    night.push(0.9, seg((100, 300), (150, 290), 45, 2))
-    night.push(0.9, seg((220, 276), (270, 266), 45, 2))
-    night.quiet(1)
-    decisions = night.finish()
-    first, second = decisions[night.name(2)], decisions[night.name(3)]
+    first, second = two_frames(13, seg((100, 300), (150, 290), 45, 2),
+                               seg((220, 276), (270, 266), 45, 2), cfg=cfg)
     if twin_ratio:
         assert first.suppressed == second.suppressed == "satellite"
         assert "twin_pieces" in first.flags
@@ -369,35 +368,22 @@ def test_two_equal_dashes_far_apart_are_one_light_exposed_twice(twin_ratio):
 
 def test_meteor_split_over_two_frames_keeps_the_stronger_half():
     # The dead time between exposures leaves a wide gap between the two pieces.
-    night = Night(9)
-    night.quiet(1)
-    night.push(0.95, meteor((100, 100), (180, 140), 70, 2))
-    night.push(0.70, meteor((300, 200), (340, 220), 40, 2))
-    night.quiet(1)
-    decisions = night.finish()
-    first, second = decisions[night.name(2)], decisions[night.name(3)]
+    first, second = two_frames(9, meteor((100, 100), (180, 140), 70, 2),
+                               meteor((300, 200), (340, 220), 40, 2), (0.95, 0.70))
     assert first.alert and "split_meteor" in first.flags
     assert second.suppressed == "duplicate"
     # ... and the other way round when the second half scored higher.
-    night = Night(9)
-    night.quiet(1)
-    night.push(0.60, meteor((100, 100), (180, 140), 40, 2))
-    night.push(0.90, meteor((300, 200), (340, 220), 70, 2))
-    night.quiet(1)
-    decisions = night.finish()
-    assert decisions[night.name(2)].suppressed == "duplicate"
-    assert decisions[night.name(3)].alert
+    first, second = two_frames(9, meteor((100, 100), (180, 140), 40, 2),
+                               meteor((300, 200), (340, 220), 70, 2), (0.60, 0.90))
+    assert first.suppressed == "duplicate"
+    assert second.alert
 
 
 def test_split_meteor_rule_can_be_turned_off():
     cfg = dataclasses.replace(SuppressionConfig(), duplicates=False)
-    night = Night(9, cfg=cfg)
-    night.quiet(1)
-    night.push(0.95, meteor((100, 100), (180, 140), 70, 2))
-    night.push(0.70, meteor((300, 200), (340, 220), 40, 2))
-    night.quiet(1)
-    decisions = night.finish()
-    assert decisions[night.name(2)].alert and decisions[night.name(3)].alert
+    first, second = two_frames(9, meteor((100, 100), (180, 140), 70, 2),
+                               meteor((300, 200), (340, 220), 40, 2), (0.95, 0.70), cfg)
+    assert first.alert and second.alert
 
 
 def test_flash_and_dawn_exposure_jump_are_suppressed():
