@@ -36,6 +36,7 @@ __all__ = [
     "Decision",
     "Observation",
     "build_static_mask",
+    "second_look_suppresses",
 ]
 
 # The event schema's `suppressed` enum (edge/schemas/event.schema.json), in priority order.
@@ -315,7 +316,7 @@ class Decider:
             return done(reasons[0], streaks[0], streaks)
         explained = [(s, r) for s, r in zip(streaks, reasons, strict=True) if r]
         second_look = self._score_without(obs, [s for s, _ in explained]) if explained else None
-        if second_look is not None and second_look < min(obs.threshold, self.cfg.rescore_below):
+        if second_look_suppresses(second_look, obs.threshold, self.cfg.rescore_below):
             # What the model saw was the explained object; the rest (a star pair, a patch of
             # noise) does not make a meteor on its own.
             flags.append("rescored")
@@ -605,6 +606,12 @@ class Decider:
         if self.cfg.cloud and self._cloudy(entry, flags):
             return "cloud"
         return None
+
+
+def second_look_suppresses(second_look: float | None, threshold: float, below: float) -> bool:
+    """The second-look rule: the score with the explained streaks masked is under both the
+    threshold and rescore_below (None: no second look was taken)."""
+    return second_look is not None and second_look < min(threshold, below)
 
 
 def _neighbours(entry: _Entry, nxt: _Entry | None) -> list[_Entry]:

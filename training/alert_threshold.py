@@ -108,8 +108,10 @@ def _rescore_below(value: float | None) -> float:
 
 def _suppressed_at(result: dict[str, Any], threshold: float, below: float) -> bool:
     """Whether a threshold-0 result is suppressed when run at `threshold`."""
-    look = result.get("second_look")
-    return bool(result["suppressed"]) or (look is not None and look < min(threshold, below))
+    from edge.decide import second_look_suppresses
+
+    return bool(result["suppressed"]) or second_look_suppresses(result.get("second_look"),
+                                                                threshold, below)
 
 
 def _flag(rows, column: str):
