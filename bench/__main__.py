@@ -35,6 +35,8 @@ from bench.nights import SHIPPED_WORK, ensure_tree, read_truth, training_cameras
 from bench.plan import REPO, Plan, cache_root, full_plan, quick_plan
 from bench.reference import ensure_reference
 from edge.bundle import Bundle, load_bundle
+from edge.config import SuppressionConfig
+from edge.decide import alert_score, second_look_suppresses
 
 log = logging.getLogger("bench")
 DEFAULT_MODEL = REPO / "models" / "guaita-r18-sim"
@@ -164,6 +166,25 @@ def read_jsonl(path: Path, root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def scan_alert_score(item: dict[str, Any] | None) -> float:
+    """A scan line (taken at a low threshold) as the score it alerts at (0: suppressed)."""
+    if item is None:
+        return 0.0
+    return alert_score(float(item["score"]), item["suppressed"], item.get("second_look"),
+                       SuppressionConfig().rescore_below)
+
+
+def scan_reason(item: dict[str, Any] | None, threshold: float) -> str | None:
+    """Why a low-threshold scan line does not alert at `threshold`: the rule's reason, or
+    "second look" (the decider would have named the explained streaks' reason)."""
+    if item is None or item["suppressed"]:
+        return None if item is None else item["suppressed"]
+    if second_look_suppresses(item.get("second_look"), threshold,
+                              SuppressionConfig().rescore_below):
+        return "second look"
+    return None
+
+
 def truth_summary(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -219,9 +240,10 @@ def step_accuracy(plan: Plan, tree: Path, bundle: Bundle, ref, work: Path,
     rows_k = [r for r, k in zip(rows, keep, strict=True) if k]
     truth = metrics.Truth.from_rows(rows_k)
     g_score = np.array([float(scanned.get(r["file"], {}).get("score", 0.0)) for r in rows_k])
-    g_supp = np.array([scanned.get(r["file"], {}).get("suppressed") for r in rows_k],
-                      dtype=object)
-    not_supp = np.array([s is None for s in g_supp])
+    # What guaita alerts on at each threshold, from the one low-threshold scan: the rules'
+    # verdicts, and the second look, which depends on the threshold (edge.decide.alert_score).
+    g_alert = np.array([scan_alert_score(scanned.get(r["file"])) for r in rows_k])
+    g_supp = np.array([scan_reason(scanned.get(r["file"]), t_op) for r in rows_k], dtype=object)
     c_det = np.array([base[r["file"]]["classical_detected"] == "1" for r in rows_k])
     c_score = np.array([float(base[r["file"]]["classical_score"] or 0) for r in rows_k])
     has_ref = ref is not None
@@ -229,14 +251,14 @@ def step_accuracy(plan: Plan, tree: Path, bundle: Bundle, ref, work: Path,
         else None
 
     detectors = {
-        "guaita": metrics.summarize(truth, (g_score >= t_op) & not_supp,
+        "guaita": metrics.summarize(truth, g_alert >= t_op,
                                     candidate=g_score >= t_op, suppressed=g_supp),
         "guaita-model": metrics.summarize(truth, g_score >= t_op),
         "classical": metrics.summarize(truth, c_det),
     }
     curves = {
         "guaita": curve_dict("guaita (model + suppression)",
-                             metrics.curve(truth, g_score, not_supp, min_threshold=t_low)),
+                             metrics.curve(truth, g_alert, min_threshold=t_low)),
         "guaita-model": curve_dict("guaita model alone (no suppression)",
                                    metrics.curve(truth, g_score)),
         "classical": curve_dict("classical Hough (score: longest segment)",
@@ -246,7 +268,7 @@ def step_accuracy(plan: Plan, tree: Path, bundle: Bundle, ref, work: Path,
         detectors["reference"] = metrics.summarize(truth, r_prob >= plan.ref.threshold)
         curves["reference"] = curve_dict("2021 reference (V4 + ResNet34)",
                                          metrics.curve(truth, r_prob))
-    g_curve = metrics.curve(truth, g_score, not_supp, min_threshold=t_low)
+    g_curve = metrics.curve(truth, g_alert, min_threshold=t_low)
     comparisons: dict[str, Any] = {}
     for other in ("classical", "reference"):
         if other not in detectors:
@@ -285,7 +307,7 @@ def step_accuracy(plan: Plan, tree: Path, bundle: Bundle, ref, work: Path,
         if low is None:
             continue
         total += 1
-        derived = low["score"] >= t_op and low["suppressed"] is None
+        derived = scan_alert_score(low) >= t_op
         agree += derived == (item["detected"] and item["suppressed"] is None)
     score_check = json.loads(baseline_csv.with_suffix(".json").read_text())
     return {

@@ -217,7 +217,9 @@ def section_accuracy(r: dict[str, Any], img: Path) -> str:
     chk = a["checks"]
     pv = chk.get("predict_vs_batched") or {}
     out += ["", "Checks run with every benchmark: guaita is scanned once at threshold "
-            f"{num(a['curve_threshold'], 3)} so its whole curve is known; a separate `guaita "
+            f"{num(a['curve_threshold'], 3)} so its whole curve is known (the rules' verdicts, "
+            "and the decider's second look applied at each threshold as the daemon would: "
+            "`edge.decide.alert_score`); a separate `guaita "
             f"scan` of night {chk['op_scan_night']} at the real threshold agreed with the "
             f"operating point derived from it on {chk['op_scan_agreement']} of "
             f"{chk['op_scan_frames']} frames."

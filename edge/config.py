@@ -160,10 +160,13 @@ class SuppressionConfig:
     masked_fraction: float = 0.9  # a streak this much inside masked pixels is "masked"
     # clouds
     cloud: bool = True
-    cloudy_star_density: float = 8.0  # star pixels per 10,000 below which a frame is cloudy
+    # Star pixels per 10,000 below which a frame is cloudy: a streakless candidate there is
+    # cloud if clouds are also seen moving (few stars alone is twilight too).
+    cloudy_star_density: float = 8.0
     # A streak whose light across it is wider than this (full width at half maximum, px) is
     # the soft moving edge of a cloud when the frame shows clouds moving (diffuse change over
-    # at least cloud_diffuse_share of it, or few stars). Meteors and satellites are 2-4 px.
+    # at least cloud_diffuse_share of it, or three soft streaks). Meteors and satellites are
+    # 2-4 px.
     cloud_min_fwhm_px: float = 6.0
     cloud_diffuse_share: float = 0.002
 

@@ -35,6 +35,7 @@ __all__ = [
     "Decider",
     "Decision",
     "Observation",
+    "alert_score",
     "build_static_mask",
     "second_look_suppresses",
 ]
@@ -595,7 +596,11 @@ class Decider:
         return False
 
     def _diffuse_reason(self, entry: _Entry, flags: list[str]) -> str | None:
-        """No streak: changes all inside masked pixels, or diffuse changes on a cloudy frame."""
+        """No streak: changes all inside masked pixels, or diffuse changes on a cloudy frame
+        where clouds are seen moving. Few stars alone is not enough: twilight's bright sky
+        shows few stars too, and there the faint meteors the streak finder misses look like
+        this (on the held-out nights every streakless frame called cloud on star count alone
+        was a clear twilight frame: 9 meteors among 23 at threshold 0.5)."""
         blobs = entry.analysis.blobs
         if not blobs:
             return None
@@ -603,7 +608,7 @@ class Decider:
         xs = np.concatenate([b.pixels[1] for b in blobs])
         if self._masked_share(entry.analysis, (ys, xs)) >= self.cfg.masked_fraction:
             return "masked"
-        if self.cfg.cloud and self._cloudy(entry, flags):
+        if self.cfg.cloud and self._cloudy(entry, flags) and self._cloud_evidence(entry, flags):
             return "cloud"
         return None
 
@@ -612,6 +617,19 @@ def second_look_suppresses(second_look: float | None, threshold: float, below: f
     """The second-look rule: the score with the explained streaks masked is under both the
     threshold and rescore_below (None: no second look was taken)."""
     return second_look is not None and second_look < min(threshold, below)
+
+
+def alert_score(score: float, suppressed: str | None, second_look: float | None,
+                below: float) -> float:
+    """A decision taken with every frame a candidate (threshold 0), as one number: the frame
+    alerts at threshold t exactly when alert_score >= t. 0 where a rule suppressed it; where a
+    second look under `below` was taken, the lower of the two scores (second_look_suppresses
+    at t is then second_look < t). For threshold sweeps (alert-threshold, the benchmark)."""
+    if suppressed:
+        return 0.0
+    if second_look is not None and second_look < below:
+        return min(score, second_look)
+    return score
 
 
 def _neighbours(entry: _Entry, nxt: _Entry | None) -> list[_Entry]:

@@ -72,6 +72,9 @@ def decision_line(decision: Decision) -> dict:
         "score": round(float(decision.score), 6),
         "detected": bool(decision.detected),
         "suppressed": decision.suppressed,
+        # The score with the explained streaks masked, if the decider took a second look: lets
+        # a scan at a low threshold tell what each higher threshold would alert on.
+        "second_look": None if decision.second_look is None else round(decision.second_look, 6),
     }
 
 

@@ -603,6 +603,24 @@ def test_diffuse_change_on_a_starry_frame_stays_an_alert():
     assert d.alert and "no_streak" in d.flags
 
 
+def test_a_streakless_change_on_a_bright_starless_sky_without_moving_cloud_stays_an_alert():
+    # Twilight: the bright sky shows few stars, which is not cloud. A faint meteor too short
+    # and soft for the streak finder must stay an alert there (it used to go as "cloud").
+    night = Night(17, stars=0, sky=90.0)
+    night.quiet(2)
+
+    def dash(layer: np.ndarray) -> None:
+        blob = np.zeros_like(layer)
+        cv2.ellipse(blob, (320, 240), (16, 6), 30, 0, 360, 30.0, -1)
+        layer += cv2.GaussianBlur(blob, (0, 0), 2)
+
+    night.push(0.9, dash)
+    night.quiet(1)
+    d = night.finish()[night.name(3)]
+    assert "no_streak" in d.flags and "cloudy" in d.flags, d.flags  # the case in question
+    assert d.alert and "cloud_motion" not in d.flags
+
+
 def test_timeout_releases_a_candidate_without_its_next_frame():
     night = Night(16)
     night.quiet(1)
@@ -709,3 +727,14 @@ def test_bad_suppression_settings_name_the_key(line, key):
 def test_suppression_settings_load():
     cfg = parse_config("[suppression]\nlink_angle_deg = 10\ncloud = false\n").suppression
     assert cfg.link_angle_deg == 10.0 and cfg.cloud is False and cfg.enabled
+
+
+def test_alert_score_alerts_exactly_where_a_run_at_that_threshold_would():
+    from edge.decide import alert_score, second_look_suppresses
+
+    cases = [(s, r, look) for s in (0.1, 0.6, 0.95) for r in (None, "satellite")
+             for look in (None, 0.02, 0.4, 0.7, 0.99)]
+    for score, reason, look in cases:
+        for t in np.linspace(0.05, 0.99, 40):
+            at_t = score >= t and reason is None and not second_look_suppresses(look, t, 0.5)
+            assert (alert_score(score, reason, look, 0.5) >= t) == at_t, (score, reason, look, t)

@@ -27,7 +27,8 @@ def test_scan_writes_one_line_per_frame_in_capture_order(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     rows = read_truth(truth_csv)
     assert len(lines) == len(rows) == 24
-    assert [set(line) for line in lines] == [{"image", "score", "detected", "suppressed"}] * 24
+    assert [set(line) for line in lines] == [{"image", "score", "detected", "suppressed",
+                                             "second_look"}] * 24
     expected = [str(images / row["file"].removeprefix("images/")) for row in rows]
     assert [line["image"] for line in lines] == expected
     for line in lines:

@@ -89,15 +89,11 @@ def alert_scores(rows, results: dict[str, dict[str, Any]],
     masked out score under min(threshold, rescore_below) takes their reason), is applied here:
     at threshold 0 it never fires, so such a frame alerts at t only while t <= its second look.
     """
+    from edge.decide import alert_score
+
     below = _rescore_below(rescore_below)
-    out = []
-    for r in _results_for(rows, results):
-        score = 0.0 if r["suppressed"] else r["score"]
-        look = r.get("second_look")
-        if look is not None and look < below:
-            score = min(score, look)
-        out.append(score)
-    return np.asarray(out, dtype=np.float64)
+    return np.asarray([alert_score(r["score"], r["suppressed"], r.get("second_look"), below)
+                       for r in _results_for(rows, results)], dtype=np.float64)
 
 
 def _rescore_below(value: float | None) -> float:
