@@ -112,10 +112,21 @@ def _write_selection(root: Path, chosen: dict[Path, list[dict[str, str]]]) -> li
     return truths
 
 
+# The code that builds the reference (index → train → export), so a change to reporting alone
+# (evaluate, model cards, alert-threshold) does not retrain it. The training frames are keyed
+# separately (bench.plan: the simulator's sources).
+REFERENCE_CODE = (
+    *(REPO / "training" / name for name in (
+        "__init__.py", "_common.py", "_balanced.py", "_metrics.py", "_model.py",
+        "_onnx_weights.py", "dataset.py", "train.py", "export.py")),
+    REPO / "edge" / "preprocess.py",
+)
+
+
 def ensure_reference(cache: Path, cameras: Sequence[Path], sims: TrainingSims,
                      ref: RefPlan) -> Reference:
     """Select → index (V4) → train (ResNet34) → export int8; each step skipped when cached."""
-    code = source_digest(REPO / "training", REPO / "edge" / "preprocess.py")
+    code = source_digest(*REFERENCE_CODE)
     key = fingerprint(ref.__dict__, sims.__dict__, [str(c) for c in cameras], code)
     root = cache / "reference" / key
     data, model, bundle = root / "data", root / "model", root / "int8"

@@ -381,3 +381,22 @@ def test_report_renders_tables_and_plots(tmp_path):
     assert "raises 50.0 false alerts per 1,000 frames" in text
     for name in ("bench-pr.png", "bench-recall-brightness.png"):
         assert (tmp_path / "img" / name).stat().st_size > 1000
+
+
+def test_the_reference_cache_key_covers_the_code_that_builds_it():
+    import ast
+
+    from bench.plan import REPO
+    from bench.reference import REFERENCE_CODE
+
+    names = {p.relative_to(REPO).as_posix() for p in REFERENCE_CODE}
+    assert all(p.is_file() for p in REFERENCE_CODE)
+    # Everything the index/train/export steps import from training/ is in the key ...
+    for name in ("training/dataset.py", "training/train.py", "training/export.py"):
+        tree = ast.parse((REPO / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("training."):
+                assert node.module.replace(".", "/") + ".py" in names, (name, node.module)
+    # ... and reporting-only modules are not.
+    assert not names & {"training/evaluate.py", "training/model_card.py",
+                        "training/alert_threshold.py"}
