@@ -166,23 +166,23 @@ def read_jsonl(path: Path, root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def scan_alert_score(item: dict[str, Any] | None) -> float:
-    """A scan line (taken at a low threshold) as the score it alerts at (0: suppressed)."""
+def scan_alert_score(item: dict[str, Any] | None, below: float) -> float:
+    """A scan line (taken at a low threshold) as the score it alerts at (0: suppressed);
+    `below` is the scan's rescore_below."""
     if item is None:
         return 0.0
-    return alert_score(float(item["score"]), item["suppressed"], item.get("second_look"),
-                       SuppressionConfig().rescore_below)
+    return alert_score(float(item["score"]), item["suppressed"], item.get("second_look"), below)
 
 
-def scan_reason(item: dict[str, Any] | None, threshold: float) -> str | None:
+def scan_reason(item: dict[str, Any] | None, threshold: float, below: float) -> str | None:
     """Why a low-threshold scan line does not alert at `threshold`: the rule's reason, or
     "second look" (the decider would have named the explained streaks' reason)."""
-    if item is None or item["suppressed"]:
-        return None if item is None else item["suppressed"]
-    if second_look_suppresses(item.get("second_look"), threshold,
-                              SuppressionConfig().rescore_below):
-        return "second look"
-    return None
+    if item is None:
+        return None
+    if item["suppressed"]:
+        return item["suppressed"]
+    return "second look" if second_look_suppresses(item.get("second_look"), threshold,
+                                                   below) else None
 
 
 def truth_summary(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -242,8 +242,10 @@ def step_accuracy(plan: Plan, tree: Path, bundle: Bundle, ref, work: Path,
     g_score = np.array([float(scanned.get(r["file"], {}).get("score", 0.0)) for r in rows_k])
     # What guaita alerts on at each threshold, from the one low-threshold scan: the rules'
     # verdicts, and the second look, which depends on the threshold (edge.decide.alert_score).
-    g_alert = np.array([scan_alert_score(scanned.get(r["file"])) for r in rows_k])
-    g_supp = np.array([scan_reason(scanned.get(r["file"]), t_op) for r in rows_k], dtype=object)
+    below = SuppressionConfig().rescore_below  # the scan ran on the built-in defaults
+    g_alert = np.array([scan_alert_score(scanned.get(r["file"]), below) for r in rows_k])
+    g_supp = np.array([scan_reason(scanned.get(r["file"]), t_op, below) for r in rows_k],
+                      dtype=object)
     c_det = np.array([base[r["file"]]["classical_detected"] == "1" for r in rows_k])
     c_score = np.array([float(base[r["file"]]["classical_score"] or 0) for r in rows_k])
     has_ref = ref is not None
@@ -307,7 +309,7 @@ def step_accuracy(plan: Plan, tree: Path, bundle: Bundle, ref, work: Path,
         if low is None:
             continue
         total += 1
-        derived = scan_alert_score(low) >= t_op
+        derived = scan_alert_score(low, below) >= t_op
         agree += derived == (item["detected"] and item["suppressed"] is None)
     score_check = json.loads(baseline_csv.with_suffix(".json").read_text())
     return {

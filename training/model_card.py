@@ -32,8 +32,6 @@ def _bundle_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return (onnx or models)[-1]
 
 
-
-
 def verdict(name: str, metrics: dict[str, Any]) -> str:
     """One honest line: the best recall any threshold (0.01 grid; the sweep's rows in older
     reports) reaches within the false-positive budget."""
