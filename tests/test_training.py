@@ -300,6 +300,35 @@ def test_fine_tune_from_bundle(bundle: Path, indexed: Path, tmp_path: Path):
     assert (out / "history.csv").read_text().count("\n") == 2  # header + one epoch
 
 
+def test_fine_tune_with_hard_negatives_mined_by_the_bundle(bundle: Path, indexed: Path,
+                                                           tmp_path: Path):
+    out = tmp_path / "mined"
+    rc = main(["train", "--data", str(indexed), "--out", str(out), "--init-from", str(bundle),
+               "--mine-from", str(bundle), "--hard-share", "0.5", "--epochs", "1",
+               "--freeze-epochs", "0", "--no-lr-find", "--lr", "1e-3", "--balance",
+               "undersample", "--neg-ratio", "2", "--batch-size", "16", "--threads", THREADS,
+               "--quiet"])
+    assert rc == 0
+    meta = json.loads((out / "train.json").read_text())
+    df, _ = load_index(indexed)
+    negatives = int(((df["split"] == "train") & (df["label"] != "meteor")).sum())
+    mined = meta["hard_negatives"]
+    assert mined["negatives_scored"] == negatives and mined["hard_share"] == 0.5
+    assert mined["model"] == load_bundle(bundle).manifest.name
+    # The lineage: how the bundle it started from was trained, for the model card.
+    parent_training = json.loads((bundle / "manifest.json").read_text())["training"]
+    assert meta["parent"]["schedule"] == parent_training["schedule"]
+    assert meta["parent"]["version"] == "0.0.1"
+    # Mining needs the balanced sampler, and a model that reads this dataset's preprocessing.
+    assert main(["train", "--data", str(indexed), "--out", str(tmp_path / "x"), "--mine-from",
+                 str(bundle), "--balance", "weighted", "--epochs", "1", "--quiet"]) == 2
+    from tests.tinymodel import make_tiny_bundle
+
+    other = make_tiny_bundle(tmp_path / "g1-bundle")
+    assert main(["train", "--data", str(indexed), "--out", str(tmp_path / "y"), "--mine-from",
+                 str(other), "--epochs", "1", "--no-lr-find", "--quiet"]) == 2
+
+
 def test_model_card_is_rendered_from_the_bundle_and_its_report(bundle: Path, report: Path,
                                                                tmp_path: Path):
     import shutil

@@ -341,3 +341,42 @@ def test_best_within_finds_the_highest_recall_inside_the_false_positive_budget()
     loose = best_within(y, p, 15.0)  # the 15 look-alikes fit: every meteor, at the grid's foot
     assert loose is not None and loose["fp"] == 15 and loose["recall"] == 1.0
     assert best_within(y, np.r_[meteors, np.ones(990)], 10.0) is None  # no threshold fits
+
+
+def test_hard_negatives_take_their_share_of_the_draw_by_hardness():
+    pytest.importorskip("fastai")
+    from training._balanced import draw_negatives
+
+    rng = np.random.default_rng(0)
+    hardness = np.zeros(1000)
+    hardness[:50] = np.linspace(0.5, 1.0, 50)  # 50 frames an earlier model scored high
+    for share, n in ((0.0, 100), (0.3, 100), (0.5, 60), (1.0, 200)):
+        picked = draw_negatives(rng, hardness, n, share)
+        assert len(picked) == n and len(set(picked.tolist())) == n  # distinct
+        hard = int((picked < 50).sum())
+        if share == 0.0:
+            assert hard < 20  # uniform: about 5 % of the draw
+        else:
+            # The hard part of the draw (all of it when there are enough hard frames), plus
+            # whatever the uniform rest happens to hit.
+            assert hard >= min(round(share * n), 50)
+    # Without any hard frame the draw is uniform whatever the share.
+    assert len(draw_negatives(rng, np.zeros(30), 30, 0.5)) == 30
+
+
+def test_model_card_tells_the_whole_lineage_and_the_mining():
+    from training.model_card import _training_line
+
+    parent = {"name": "guaita-r18-sim", "version": "2.0.0", "started_from": "random init",
+              "schedule": "fit_one_cycle(20, lr_max=3.00e-03)", "balance": "undersample",
+              "neg_ratio": 3.0, "train_seconds": 2223.3, "device": "cpu"}
+    tuned = {"started_from": "bundle models/guaita-r18-sim", "schedule": "fine_tune(8)",
+             "balance": "undersample", "neg_ratio": 3.0, "device": "cpu", "train_seconds": 1.0,
+             "hard_negatives": {"model": "guaita-r18-sim", "hard_share": 0.5,
+                                "negatives_scored": 17747, "scoring_0.5_or_more": 855},
+             "parent": parent}
+    line = _training_line(tuned)
+    assert "50% of each epoch's non-meteors drawn by guaita-r18-sim's score" in line
+    assert "855 of 17747" in line
+    assert "That model, guaita-r18-sim 2.0.0: random init; fit_one_cycle(20" in line
+    assert "drawn by" not in _training_line(parent) and "That model" not in _training_line(parent)

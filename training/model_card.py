@@ -88,6 +88,34 @@ def alerts_section(alerts: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _mining_clause(training: dict[str, Any]) -> str:
+    mined = training.get("hard_negatives")
+    if not mined:
+        return ""
+    return (f", {mined.get('hard_share', 0):.0%} of each epoch's non-meteors drawn by "
+            f"{mined.get('model', '?')}'s score (hard-negative mining: "
+            f"{mined.get('scoring_0.5_or_more', '?')} of {mined.get('negatives_scored', '?')} "
+            "training non-meteors scored 0.5 or more)")
+
+
+def _training_line(training: dict[str, Any]) -> str:
+    """One sentence per training stage, the bundle's own first, then what it started from."""
+    line = (f"{training.get('started_from', '?')}; {training.get('schedule', '?')}, batch "
+            f"{training.get('batch_size', '?')}, balance `{training.get('balance', '?')}` "
+            f"(neg_ratio {training.get('neg_ratio', '–')}){_mining_clause(training)}, "
+            f"augmentation: {training.get('augmentation', '?')}; "
+            f"{training.get('train_seconds', '?')} s on {training.get('device', '?')}.")
+    parent = training.get("parent")
+    while parent:
+        line += (f" That model, {parent.get('name', '?')} {parent.get('version', '?')}: "
+                 f"{parent.get('started_from', '?')}; {parent.get('schedule', '?')}, balance "
+                 f"`{parent.get('balance', '?')}` (neg_ratio {parent.get('neg_ratio', '–')})"
+                 f"{_mining_clause(parent)}; {parent.get('train_seconds', '?')} s on "
+                 f"{parent.get('device', '?')}.")
+        parent = parent.get("parent")
+    return line
+
+
 def render(bundle_dir: Path, reports: dict[str, Path],
            figures: dict[str, str] | None = None) -> str:
     bundle = load_bundle(bundle_dir)
@@ -131,12 +159,7 @@ def render(bundle_dir: Path, reports: dict[str, Path],
                     [[s, len(v.get("nights", [])), v.get("frames"), v.get("meteor"),
                       v.get("no-meteor")] for s, v in splits.items()])
     lines += ["", "## Training", ""]
-    lines.append(
-        f"{training.get('started_from', '?')}; {training.get('schedule', '?')}, batch "
-        f"{training.get('batch_size', '?')}, balance `{training.get('balance', '?')}` "
-        f"(neg_ratio {training.get('neg_ratio', '–')}), augmentation: "
-        f"{training.get('augmentation', '?')}; {training.get('train_seconds', '?')} s on "
-        f"{training.get('device', '?')}.")
+    lines.append(_training_line(training))
     lines += ["", "## Results on held-out nights", ""]
     if figures:
         lines += [f"![{alt}]({link})" for alt, link in figures.items()] + [""]

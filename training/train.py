@@ -39,6 +39,7 @@ from training._common import (
     WEIGHTS_NAME,
     TrainingError,
     load_index,
+    read_json,
     set_threads,
     write_json,
 )
@@ -87,7 +88,7 @@ def resolve_pretrained(arch: str, pretrained: bool) -> dict[str, Any]:
 
 
 def make_dataloaders(df, bs: int, balance: str, neg_ratio: float, seed: int, device,
-                     num_workers: int, preprocess_id: str):
+                     num_workers: int, preprocess_id: str, hard_share: float = 0.0):
     from fastai.vision.all import (
         CategoryBlock,
         ColReader,
@@ -107,7 +108,8 @@ def make_dataloaders(df, bs: int, balance: str, neg_ratio: float, seed: int, dev
     from training._balanced import BalancedDL
 
     dl_type = BalancedDL if balance == "undersample" else TfmdDL
-    dl_kwargs = [{"neg_ratio": neg_ratio}, {}] if balance == "undersample" else None
+    dl_kwargs = ([{"neg_ratio": neg_ratio, "hard_share": hard_share}, {}]
+                 if balance == "undersample" else None)
     return block.dataloaders(df, bs=bs, seed=seed, device=device, num_workers=num_workers,
                              dl_type=dl_type, dl_kwargs=dl_kwargs)
 
@@ -138,6 +140,20 @@ def load_init_weights(model, source: Path) -> str:
     from training._onnx_weights import load_from_bundle
 
     return load_from_bundle(model, source)
+
+
+def parent_summary(source: Path) -> dict[str, Any] | None:
+    """How the bundle a fine-tune starts from was itself trained (None if not a bundle), so a
+    model card can tell a model's whole lineage."""
+    manifest = source / "manifest.json" if source.is_dir() else source.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    data = read_json(manifest)
+    training = data.get("training") or {}
+    keep = ("started_from", "schedule", "train_seconds", "device", "balance", "neg_ratio",
+            "hard_negatives", "parent")
+    return {"name": data.get("name"), "version": data.get("version"),
+            **{k: training.get(k) for k in keep if k in training}}
 
 
 def _shrink_valid(df, limit: int, seed: int):
@@ -220,8 +236,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     elif args.balance == "undersample":
         class_weights(train_labels)  # same "both classes present" check
     spec = dmeta["preprocessing"]
+    mining = None
+    if args.mine_from:
+        from training._balanced import HARDNESS
+        from training._mining import mine
+
+        df[HARDNESS], mining = mine(df, args.mine_from, spec, threads=args.threads or 1)
+        mining["hard_share"] = args.hard_share
     dls = make_dataloaders(df, args.batch_size, args.balance, args.neg_ratio, args.seed, device,
-                           args.num_workers, spec["id"])
+                           args.num_workers, spec["id"],
+                           hard_share=args.hard_share if mining else 0.0)
     if list(dls.vocab) != list(CLASSES):
         raise TrainingError(f"unexpected class vocabulary {list(dls.vocab)}")
     metrics = [accuracy, Recall(pos_label=0), Precision(pos_label=0)]
@@ -231,8 +255,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                            path=args.out, model_dir=".",
                            # one line per epoch as it ends: progress you can tail, even --quiet
                            cbs=[CSVLogger(fname=str(args.out / "history.csv"))])
+    parent = None
     if args.init_from:
         pre["started_from"] = load_init_weights(learn.model, args.init_from)
+        parent = parent_summary(args.init_from)
         _recalibrate(learn, dls)
     if args.fp16 and device.type == "cuda":
         learn = learn.to_fp16()
@@ -281,6 +307,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "arch": args.arch,
         **pre,
         "init_from": str(args.init_from) if args.init_from else None,
+        "parent": parent,
         "epochs": args.epochs,
         "schedule": schedule,
         "lr": lr,
@@ -289,6 +316,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "valid_frames_per_epoch": int(df["is_valid"].sum()),
         "balance": args.balance,
         "neg_ratio": args.neg_ratio if args.balance == "undersample" else None,
+        "hard_negatives": mining,
         "class_weights": weights,
         "augmentation": augmentation_description(spec["id"]),
         "classes": list(CLASSES),
@@ -349,6 +377,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "inverse-frequency weighted loss")
     parser.add_argument("--neg-ratio", type=float, default=1.0,
                         help="undersample: non-meteors drawn per meteor each epoch (default 1)")
+    parser.add_argument("--mine-from", type=Path,
+                        help="undersample: score the training non-meteors with this model "
+                             "bundle first and draw --hard-share of each epoch's negatives by "
+                             "that score (hard-negative mining; typically the bundle you "
+                             "fine-tune with --init-from)")
+    parser.add_argument("--hard-share", type=float, default=0.5,
+                        help="with --mine-from: share of each epoch's non-meteors drawn by "
+                             "hardness, the rest uniformly (default 0.5)")
     parser.add_argument("--valid-max", type=int, default=0,
                         help="validate each epoch on at most this many frames (all meteors "
                              "first; 0 = all): saves time on CPU")
@@ -363,6 +399,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         log.error("--epochs must be >= 1")
+        return 2
+    if args.mine_from and (args.balance != "undersample" or not 0.0 <= args.hard_share <= 1.0):
+        log.error("--mine-from needs --balance undersample and --hard-share between 0 and 1")
         return 2
     try:
         train(args)

@@ -30,6 +30,8 @@ PREPROCESS=${PREPROCESS:-m1} # edge.preprocess variant (m1: full-resolution cand
                              # g2: the whole sky at SIZE, the 1.0.0 bundle's)
 INIT_FROM=${INIT_FROM:-}     # warm start: an earlier bundle or `guaita train` folder (empty: scratch)
 FREEZE=${FREEZE:-0}          # with INIT_FROM: head-only epochs first
+MINE_FROM=${MINE_FROM:-}     # hard-negative mining: this bundle scores the training non-meteors
+HARD_SHARE=${HARD_SHARE:-0.5} # with MINE_FROM: share of each epoch's non-meteors drawn by score
 MIN_PEAK=${MIN_PEAK:-15}     # leave out meteors fainter than this (grey levels): invisible at SIZE
 EPOCHS=${EPOCHS:-20}
 BATCH=${BATCH:-32}
@@ -73,6 +75,7 @@ if ((UNTIL < 3)); then exit 0; fi
 
 init=()
 if [[ -n "$INIT_FROM" ]]; then init=(--init-from "$INIT_FROM" --freeze-epochs "$FREEZE"); fi
+if [[ -n "$MINE_FROM" ]]; then init+=(--mine-from "$MINE_FROM" --hard-share "$HARD_SHARE"); fi
 if ((FROM_STEP <= 3)); then
   log "3/5 train resnet18 (${INIT_FROM:-from scratch}; $BALANCE, $EPOCHS epochs, lr $LR)"
   "$GUAITA" train --data "$WORK/data" --out "$WORK/model" --arch resnet18 --no-pretrained "${init[@]}" \
