@@ -54,15 +54,14 @@ class BalancedDL(TfmdDL):
             self._neg = np.flatnonzero(labels != METEOR)
             self._n_neg = min(len(self._neg), round(neg_ratio * len(self._pos)))
             self.n = len(self._pos) + self._n_neg
-            if HARDNESS in columns:
-                self._hardness = np.asarray(items[HARDNESS], dtype=np.float64)[self._neg]
+            self._hardness = (np.asarray(items[HARDNESS], dtype=np.float64)[self._neg]
+                              if HARDNESS in columns else np.zeros(len(self._neg)))
 
     def get_idxs(self):
         if not self.shuffle or self._pos is None:
             return super().get_idxs()
         rng = np.random.default_rng(self.rng.randint(0, 2**32 - 1))
-        hardness = self._hardness if self._hardness is not None else np.zeros(len(self._neg))
-        picked = draw_negatives(rng, hardness, self._n_neg, self.hard_share)
+        picked = draw_negatives(rng, self._hardness, self._n_neg, self.hard_share)
         idxs = np.concatenate([self._pos, self._neg[picked]])
         rng.shuffle(idxs)
         return idxs.tolist()

@@ -71,8 +71,9 @@ def onnx_session(model: Path | bytes, threads: int = 1):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_probs(session, paths: list[str], channels: int, meteor_index: int = 0) -> np.ndarray:
-    out = [session.run(None, {INPUT_NAME: b})[0][:, meteor_index]
+def onnx_probs(session, paths: list[str], channels: int, meteor_index: int = 0,
+               input_name: str = INPUT_NAME) -> np.ndarray:
+    out = [session.run(None, {input_name: b})[0][:, meteor_index]
            for b in batches(paths, channels)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 

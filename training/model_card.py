@@ -98,20 +98,21 @@ def _mining_clause(training: dict[str, Any]) -> str:
             "training non-meteors scored 0.5 or more)")
 
 
-def _training_line(training: dict[str, Any]) -> str:
-    """One sentence per training stage, the bundle's own first, then what it started from."""
-    line = (f"{training.get('started_from', '?')}; {training.get('schedule', '?')}, batch "
+def _stage(training: dict[str, Any]) -> str:
+    return (f"{training.get('started_from', '?')}; {training.get('schedule', '?')}, batch "
             f"{training.get('batch_size', '?')}, balance `{training.get('balance', '?')}` "
             f"(neg_ratio {training.get('neg_ratio', '–')}){_mining_clause(training)}, "
             f"augmentation: {training.get('augmentation', '?')}; "
             f"{training.get('train_seconds', '?')} s on {training.get('device', '?')}.")
+
+
+def _training_line(training: dict[str, Any]) -> str:
+    """One sentence per training stage, the bundle's own first, then what it started from."""
+    line = _stage(training)
     parent = training.get("parent")
     while parent:
-        line += (f" That model, {parent.get('name', '?')} {parent.get('version', '?')}: "
-                 f"{parent.get('started_from', '?')}; {parent.get('schedule', '?')}, balance "
-                 f"`{parent.get('balance', '?')}` (neg_ratio {parent.get('neg_ratio', '–')})"
-                 f"{_mining_clause(parent)}; {parent.get('train_seconds', '?')} s on "
-                 f"{parent.get('device', '?')}.")
+        line += f" That model, {parent.get('name', '?')} {parent.get('version', '?')}: "
+        line += _stage(parent)
         parent = parent.get("parent")
     return line
 

@@ -39,7 +39,6 @@ from training._common import (
     WEIGHTS_NAME,
     TrainingError,
     load_index,
-    read_json,
     set_threads,
     write_json,
 )
@@ -145,15 +144,16 @@ def load_init_weights(model, source: Path) -> str:
 def parent_summary(source: Path) -> dict[str, Any] | None:
     """How the bundle a fine-tune starts from was itself trained (None if not a bundle), so a
     model card can tell a model's whole lineage."""
-    manifest = source / "manifest.json" if source.is_dir() else source.parent / "manifest.json"
-    if not manifest.is_file():
+    from edge.bundle import MANIFEST_NAME, load_bundle
+
+    folder = source if source.is_dir() else source.parent
+    if not (folder / MANIFEST_NAME).is_file():
         return None
-    data = read_json(manifest)
-    training = data.get("training") or {}
-    keep = ("started_from", "schedule", "train_seconds", "device", "balance", "neg_ratio",
-            "hard_negatives", "parent")
-    return {"name": data.get("name"), "version": data.get("version"),
-            **{k: training.get(k) for k in keep if k in training}}
+    manifest = load_bundle(folder, verify=False).manifest  # the weights were just read from it
+    keep = ("started_from", "schedule", "batch_size", "balance", "neg_ratio", "hard_negatives",
+            "augmentation", "train_seconds", "device", "parent")
+    return {"name": manifest.name, "version": manifest.version,
+            **{k: manifest.training[k] for k in keep if k in manifest.training}}
 
 
 def _shrink_valid(df, limit: int, seed: int):
