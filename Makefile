@@ -5,18 +5,31 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench deb lambda model clean
+.PHONY: setup demo test test-fast lint bench deb lambda model lock clean
 
 setup: $(STAMP)
 
 # System packages (Mosquitto for the broker tests, dpkg
-# tools for the .deb), then one venv with every extra: edge, train and dev.
-$(STAMP): pyproject.toml
+# tools for the .deb), then one venv with every extra: edge, train and dev, at the versions
+# constraints.txt pins (the ones the tests and benchmarks were last run with).
+$(STAMP): pyproject.toml constraints.txt
 	bash deploy/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[edge,train,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[edge,train,dev]'
 	touch $@
+
+# Rewrite constraints.txt from the newest releases pyproject.toml admits (a throwaway venv;
+# its header comment is kept). Then `make test` and `make bench` before committing it.
+lock:
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet --upgrade pip
+	build/lock-venv/bin/pip install --quiet -e '.[edge,train,dev]'
+	{ grep '^#' constraints.txt; build/lock-venv/bin/pip freeze --exclude-editable \
+	    | grep -v '^guaita'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf build/lock-venv
 
 # A simulated AllSky night played into a watched folder, through the daemon, with the shipped
 # model; prints the detections and a summary. No broker needed.

@@ -139,11 +139,14 @@ find "$src" -name __pycache__ -prune -exec rm -rf {} +
 pipw wheel --wheel-dir "$wheelhouse" "setuptools>=68" wheel
 pipw wheel --no-deps --wheel-dir "$work/project" "$src"
 whl=$(ls "$work"/project/guaita-*.whl)
+# The edge's dependencies at the versions the tests ran with (constraints.txt), where pinned.
+constraints=()
+[ -f "$repo/constraints.txt" ] && constraints=(-c "$repo/constraints.txt")
 # PEP 517 builds for any sdist without a wheel: isolated, with setuptools + wheel from above.
-pipw wheel --use-pep517 --wheel-dir "$wheelhouse" "guaita[edge] @ file://$whl"
+pipw wheel --use-pep517 --wheel-dir "$wheelhouse" "${constraints[@]}" "guaita[edge] @ file://$whl"
 # Install from the wheelhouse only; the project wheel by path so a cached older build of the
 # same version cannot win.
-PIP_FIND_LINKS="$wheelhouse" "${pip[@]}" install --no-index --no-compile \
+PIP_FIND_LINKS="$wheelhouse" "${pip[@]}" install --no-index --no-compile "${constraints[@]}" \
     "guaita[edge] @ file://$whl"
 
 # The Pi side must never carry the training stack.
