@@ -378,6 +378,14 @@ def test_alert_threshold_budgets_pipeline_alerts(bundle: Path, indexed: Path, tm
     test = report["test"]
     assert test["pipeline"]["frames"] == int((df["split"] == "test").sum())
     assert test["pipeline"]["fp"] <= test["classifier"]["fp"]
+    # The per-condition breakdown adds up to the whole and agrees with the headline figures.
+    for split in (report["valid"], test):
+        by = split["by_condition"]
+        assert {k: by["all"]["pipeline"][k] for k in ("tp", "fp")} == \
+            {k: split["pipeline"][k] for k in ("tp", "fp")}
+        parts = [v for k, v in by.items() if k != "all"]
+        assert sum(v["pipeline"]["frames"] for v in parts) == by["all"]["pipeline"]["frames"]
+        assert sum(v["satellite"]["frames"] for v in parts) == by["all"]["satellite"]["frames"]
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["threshold_rule"].startswith("fp:0.05 on validation-night pipeline alerts")
     # ...and the model card shows what the daemon would alert on.

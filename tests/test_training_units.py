@@ -330,6 +330,36 @@ def test_alert_scores_apply_the_second_look_at_each_threshold():
     assert shares["meteor"]["over_threshold"] == 1 and shares["meteor"]["suppressed"] == 0
 
 
+def test_breakdown_counts_moving_objects_that_raised_no_alert_per_condition():
+    import pandas as pd
+
+    from training.alert_threshold import breakdown
+
+    rows = pd.DataFrame({
+        "label": ["meteor", "not_meteor", "not_meteor", "not_meteor", "meteor", "not_meteor"],
+        "satellite": [0, 1, 1, 0, 1, 0], "aircraft": [0, 0, 1, 1, 0, 0],
+        "condition": ["clear", "clear", "clear", "moonlit", "moonlit", "moonlit"]})
+    classifier = np.array([0.9, 0.95, 0.2, 0.9, 0.5, 0.1])
+    # The model passed frames 0, 1 and 3; a rule removed 3 (an aircraft), 1 stayed an alert.
+    alerted = np.array([True, True, False, False, False, False])
+    out = breakdown(rows, classifier, alerted, 0.85)
+    assert out["all"]["classifier"]["fp"] == 2 and out["all"]["pipeline"]["fp"] == 1
+    assert out["all"]["pipeline"]["recall"] == 0.5
+    # Frame 4 is a meteor beside a satellite: not a satellite frame.
+    assert out["all"]["satellite"] == {"frames": 2, "alerts": 1, "no_alert_share": 0.5}
+    assert out["all"]["aircraft"] == {"frames": 2, "alerts": 0, "no_alert_share": 1.0}
+    assert out["all"]["satellite_or_aircraft"]["frames"] == 3
+    assert out["clear"]["satellite"]["alerts"] == 1 and out["moonlit"]["satellite"]["frames"] == 0
+    assert out["moonlit"]["satellite"]["no_alert_share"] is None
+    assert out["moonlit"]["pipeline"]["frames"] == 3 and out["moonlit"]["classifier"]["tp"] == 0
+    # The model card's table: one row per condition, the whole last.
+    from training.model_card import by_condition_table
+
+    table = [line for line in by_condition_table(out) if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in table] == ["| clear", "| moonlit", "| all"]
+    assert "1 of 2 (50.0%)" in table[-1] and "2 of 2 (100.0%)" in table[-1]
+
+
 def test_best_within_finds_the_highest_recall_inside_the_false_positive_budget():
     # 1,000 frames: 10 meteors spread over the scores, 15 look-alikes at 0.8, the rest at 0.
     meteors = np.array([0.1, 0.3, 0.5, 0.79, 0.82, 0.85, 0.9, 0.93, 0.96, 0.99])

@@ -137,6 +137,35 @@ def _suppressed_shares(rows, results: dict[str, dict[str, Any]], threshold: floa
     return out
 
 
+def _quiet_share(frames: int, alerts: int) -> dict[str, Any]:
+    return {"frames": frames, "alerts": alerts,
+            "no_alert_share": (frames - alerts) / frames if frames else None}
+
+
+def breakdown(rows, classifier: np.ndarray, alerted: np.ndarray, threshold: float) -> dict:
+    """Per sky condition and over all: recall and false alerts (model alone, then model +
+    rules), and of the frames holding a satellite or aircraft (no meteor) how many raised no
+    alert, whether the model scored them under the threshold or a rule removed them. That last
+    share is the system's: `suppressed_over_threshold` gives the rules' part alone."""
+    y = (rows["label"] == METEOR).to_numpy()
+    moving = {"satellite": _flag(rows, "satellite").to_numpy() & ~y,
+              "aircraft": _flag(rows, "aircraft").to_numpy() & ~y}
+    moving["satellite_or_aircraft"] = moving["satellite"] | moving["aircraft"]
+    conditions = (rows["condition"].fillna("unknown").astype(str).to_numpy()
+                  if "condition" in rows.columns else np.full(len(rows), "unknown"))
+    out: dict[str, Any] = {}
+    for name in ["all", *sorted(set(conditions))]:
+        keep = np.ones(len(rows), bool) if name == "all" else conditions == name
+        out[name] = {
+            "classifier": headline(at_threshold(y[keep], classifier[keep], threshold)),
+            "pipeline": headline(at_threshold(y[keep], alerted[keep].astype(float), 0.5)),
+            **{kind: _quiet_share(int(np.count_nonzero(m & keep)),
+                                  int(np.count_nonzero(m & keep & alerted)))
+               for kind, m in moving.items()},
+        }
+    return out
+
+
 def choose(args: argparse.Namespace) -> dict[str, Any]:
     from edge.bundle import MANIFEST_NAME, load_bundle
 
@@ -159,7 +188,9 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
         "rule": args.rule, "threshold": threshold, "why": why,
         "valid": {"classifier": headline(at_threshold(yv, classifier_v, threshold)),
                   "pipeline": headline(at_threshold(yv, pipeline_v, threshold)),
-                  "suppressed_over_threshold": _suppressed_shares(valid, v_results, threshold)},
+                  "suppressed_over_threshold": _suppressed_shares(valid, v_results, threshold),
+                  "by_condition": breakdown(valid, classifier_v, pipeline_v >= threshold,
+                                            threshold)},
         "sweep_valid": [
             {"threshold": t,
              "classifier": headline(at_threshold(yv, classifier_v, t)),
@@ -178,6 +209,7 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
             "classifier": headline(at_threshold(yt, classifier_t, threshold)),
             "pipeline": {**headline(at_threshold(yt, alerts_t, 0.5)), "threshold": threshold},
             "suppressed_over_threshold": _suppressed_shares(test, t_results, threshold),
+            "by_condition": breakdown(test, classifier_t, alerts_t > 0.5, threshold),
         }
         log.info("test: classifier recall %.4f at %.2f FP/1000; pipeline recall %.4f at %.2f "
                  "false alerts/1000", report["test"]["classifier"]["recall"],

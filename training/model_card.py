@@ -51,6 +51,28 @@ def verdict(name: str, metrics: dict[str, Any]) -> str:
             f"recall {TARGET_RECALL} {met}.")
 
 
+def by_condition_table(by: dict[str, Any] | None) -> list[str]:
+    """Per sky condition: recall and false alerts, and the satellite/aircraft frames (no
+    meteor) that raised no alert, by the model's score or by a rule."""
+    if not by:
+        return []
+
+    def quiet(v: dict[str, Any]) -> str:
+        share = v["no_alert_share"]
+        return f"{v['frames'] - v['alerts']} of {v['frames']}" + (
+            f" ({share:.1%})" if share is not None else "")
+
+    rows = [[name, v["pipeline"]["frames"], v["pipeline"]["meteors"], v["classifier"]["recall"],
+             v["pipeline"]["recall"], v["classifier"]["fp_per_1000"], v["pipeline"]["fp_per_1000"],
+             quiet(v["satellite"]), quiet(v["aircraft"])]
+            for name, v in sorted(by.items(), key=lambda kv: kv[0] == "all")]
+    return ["", "By sky condition (model alone → with the rules; satellite and aircraft frames "
+            "holding no meteor that raised no alert):", "",
+            *_table(["condition", "frames", "meteor frames", "recall (model)", "recall (alerts)",
+                     "FP / 1,000 (model)", "false alerts / 1,000", "satellite frames quiet",
+                     "aircraft frames quiet"], rows)]
+
+
 def alerts_section(alerts: dict[str, Any] | None) -> list[str]:
     """What the Pi would alert on: `guaita alert-threshold`'s pipeline runs, if it was run."""
     if not alerts:
@@ -75,6 +97,7 @@ def alerts_section(alerts: dict[str, Any] | None) -> list[str]:
                             [[k, v["over_threshold"], v["suppressed"],
                               v["suppressed_share"] if v["suppressed_share"] is not None
                               else NAN] for k, v in shares.items()])
+        lines += by_condition_table(test.get("by_condition"))
         lines.append("")
     sweep = alerts.get("sweep_valid", [])
     if sweep:
