@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("training.dataset", "build a preprocessed, night-split training index"),
     "train": ("training.train", "fine-tune a ResNet with fastai"),
     "evaluate": ("training.evaluate", "evaluate a model on held-out nights, write a report"),
+    "coverage": ("training.coverage",
+                 "how many meteors an m1 candidate mosaic can hold (choose it before training)"),
     "export": ("training.export", "export ONNX, quantize to int8, check parity, write bundle"),
     "alert-threshold": ("training.alert_threshold",
                         "choose a bundle's threshold by its pipeline alerts on validation nights"),

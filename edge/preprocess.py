@@ -312,33 +312,55 @@ def line_candidates(response: np.ndarray, count: int, radius: int) -> list[tuple
     return chosen
 
 
-def _crop(image: np.ndarray, cy: int, cx: int, side: int) -> np.ndarray:
-    """side x side window centred on (cy, cx), shifted to stay inside the image when it can."""
-    h, w = image.shape
-    y0 = min(max(cy - side // 2, 0), max(h - side, 0))
-    x0 = min(max(cx - side // 2, 0), max(w - side, 0))
+def _windows(spec: PreprocessSpec, norm: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Top-left corners (y0, x0), full-resolution px, of the `count` strongest line-map maxima's
+    side x side windows (side = size // tiles), strongest first; each is centred on its maximum
+    and shifted to stay inside the frame when it can."""
+    lines = line_response(norm, spec)
+    side = spec.size // spec.tiles
+    h, w = norm.shape
+    fy, fx = h / lines.shape[0], w / lines.shape[1]
+    corners = []
+    for y, x in line_candidates(lines, count, spec.nms_radius):
+        cy, cx = int((y + 0.5) * fy), int((x + 0.5) * fx)
+        corners.append((min(max(cy - side // 2, 0), max(h - side, 0)),
+                        min(max(cx - side // 2, 0), max(w - side, 0))))
+    return corners
+
+
+def candidate_windows(spec: PreprocessSpec, previous: np.ndarray, current: np.ndarray,
+                      mask: np.ndarray | None = None, count: int | None = None,
+                      ) -> list[tuple[int, int]]:
+    """Where m1 looks: the top-left corners (y0, x0) of its candidate windows in this pair,
+    strongest first; `count` of them (default tiles², the ones the model sees). More than that
+    tells how many windows a wider mosaic would need to hold a streak."""
+    previous, current = to_gray(previous), to_gray(current)
+    _check_pair(previous, current)
+    norm = _normalised_difference(spec, previous, current, mask)
+    return _windows(spec, norm, spec.tiles**2 if count is None else count)
+
+
+def _cut(image: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
+    """The side x side window at (y0, x0), zero-padded where the frame is smaller than a tile."""
     window = image[y0:y0 + side, x0:x0 + side]
     if window.shape == (side, side):
         return window
-    out = np.zeros((side, side), image.dtype)  # frame smaller than a tile
+    out = np.zeros((side, side), image.dtype)
     out[:window.shape[0], :window.shape[1]] = window
     return out
 
 
 def _m1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
     norm = _normalised_difference(spec, previous, current, mask)
-    lines = line_response(norm, spec)
     side = spec.size // spec.tiles
-    fy, fx = norm.shape[0] / lines.shape[0], norm.shape[1] / lines.shape[1]
     mosaic = np.zeros((spec.size, spec.size, 3), np.uint8)
-    for k, (y, x) in enumerate(line_candidates(lines, spec.tiles**2, spec.nms_radius)):
-        cy, cx = int((y + 0.5) * fy), int((x + 0.5) * fx)
-        level = _crop(norm, cy, cx, side)
+    for k, (y0, x0) in enumerate(_windows(spec, norm, spec.tiles**2)):
+        level = _cut(norm, y0, x0, side)
         row, col = divmod(k, spec.tiles)
         tile = mosaic[row * side:(row + 1) * side, col * side:(col + 1) * side]
         tile[:, :, 0] = _soft(level, spec.k_sigma, spec.gain)
         tile[:, :, 1] = _soft(-level, spec.k_sigma, spec.gain)
-        tile[:, :, 2] = _crop(current, cy, cx, side)
+        tile[:, :, 2] = _cut(current, y0, x0, side)
     return mosaic
 
 

@@ -238,15 +238,37 @@ def test_evaluate_report_holds_the_metrics(report: Path):
         assert len(m["sweep"]) >= 19
         assert {"precision", "recall", "f1"} <= set(m["per_class"]["meteor"])
         assert m["recall_by_peak"], "the simulator's meteor_peak must give a brightness table"
-    for heading in ("Threshold sweep", "Confusion matrix", "peak brightness", "Grad-CAM"):
+    for heading in ("Threshold sweep", "Confusion matrix", "peak brightness", "Grad-CAM",
+                    "Candidate windows: the recall ceiling"):
         assert heading in text
+    # m1 at 64 px shows 16 windows; every simulated meteor has its segment in the index.
+    coverage = metrics["candidate_coverage"]
+    assert coverage["windows_shown"] == 16 and coverage["meteors"] == metrics["meteors"] > 0
+    shares = [coverage["covered"][str(n)] for n in coverage["counts"]]
+    assert shares == sorted(shares) and 0 < shares[-1] <= 1  # more windows never hold fewer
     from PIL import Image
 
     for name in ("roc.png", "pr.png", "confusion.png", "top-losses-0.png", "top-losses-1.png",
-                 "cam.png"):
+                 "cam.png", "coverage.png"):
         with Image.open(report / name) as image:
             assert image.size[0] > 100
     assert "<table>" in (report / "report.html").read_text()
+
+
+def test_coverage_command_measures_other_mosaics_on_the_same_frames(indexed: Path, report: Path,
+                                                                    tmp_path: Path):
+    metrics = json.loads((report / "metrics.json").read_text())
+    same, wider = tmp_path / "same.json", tmp_path / "wider.json"
+    base = ["coverage", "--data", str(indexed), "--split", "test", "--no-progress"]
+    assert main([*base, "--json", str(same)]) == 0
+    # The index's own spec gives the evaluate report's numbers.
+    got = json.loads(same.read_text())
+    assert got["covered"] == metrics["candidate_coverage"]["covered"]
+    assert main([*base, "--tiles", "2", "--json", str(wider)]) == 0
+    two = json.loads(wider.read_text())
+    assert two["windows_shown"] == 4 and two["preprocessing"]["tiles"] == 2
+    assert two["meteors"] == got["meteors"]
+    assert main([*base, "--tiles", "5"]) == 2  # 64 px is not divisible into 5 tiles
 
 
 def test_bundle_weights_come_back_for_fine_tuning(bundle: Path, indexed: Path, trained: Path):

@@ -345,6 +345,8 @@ def test_breakdown_counts_moving_objects_that_raised_no_alert_per_condition():
     out = breakdown(rows, classifier, alerted, 0.85)
     assert out["all"]["classifier"]["fp"] == 2 and out["all"]["pipeline"]["fp"] == 1
     assert out["all"]["pipeline"]["recall"] == 0.5
+    # Both rows report the threshold the alerts were decided at.
+    assert out["all"]["pipeline"]["threshold"] == out["clear"]["classifier"]["threshold"] == 0.85
     # Frame 4 is a meteor beside a satellite: not a satellite frame.
     assert out["all"]["satellite"] == {"frames": 2, "alerts": 1, "no_alert_share": 0.5}
     assert out["all"]["aircraft"] == {"frames": 2, "alerts": 0, "no_alert_share": 1.0}

@@ -158,7 +158,9 @@ def breakdown(rows, classifier: np.ndarray, alerted: np.ndarray, threshold: floa
         keep = np.ones(len(rows), bool) if name == "all" else conditions == name
         out[name] = {
             "classifier": headline(at_threshold(y[keep], classifier[keep], threshold)),
-            "pipeline": headline(at_threshold(y[keep], alerted[keep].astype(float), 0.5)),
+            # `alerted` is already decided at `threshold`: 0.5 only splits its 0s from its 1s.
+            "pipeline": {**headline(at_threshold(y[keep], alerted[keep].astype(float), 0.5)),
+                         "threshold": threshold},
             **{kind: _quiet_share(int(np.count_nonzero(m & keep)),
                                   int(np.count_nonzero(m & keep & alerted)))
                for kind, m in moving.items()},

@@ -481,6 +481,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocess", choices=["g2", "m1", "g1", "v4"], default="g2",
                    help="preprocessing variant (edge.preprocess); default g2")
     p.add_argument("--size", type=int, default=224, help="model input size (default 224)")
+    p.add_argument("--tiles", type=int,
+                   help=f"m1: a mosaic of TILES x TILES candidate windows of SIZE / TILES px "
+                        f"(default {PreprocessSpec().tiles}; `guaita evaluate` reports how many "
+                        f"meteors more windows would hold)")
+    p.add_argument("--line-width", type=int,
+                   help=f"g2/m1: width the line map is computed at, px (default "
+                        f"{PreprocessSpec().line_width}; finer finds fainter streaks, costs more)")
+    p.add_argument("--nms-radius", type=int,
+                   help=f"m1: candidates at least this far apart, in line-map px "
+                        f"(default {PreprocessSpec().nms_radius})")
     p.add_argument("--mask", type=Path, help="mask image, black = ignore (as the edge's)")
     p.add_argument("--max-gap-s", type=float, default=DetectionConfig().max_gap_s,
                    help="skip frames whose previous frame is older (default: the edge's, "
@@ -515,8 +525,18 @@ def _run_index(args: argparse.Namespace) -> int:
             raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
     if args.valid_frac + args.test_frac >= 1.0:
         raise TrainingError("--valid-frac + --test-frac must leave nights to train on")
+    params: dict[str, object] = {"id": args.preprocess, "size": args.size}
+    for name, variants in (("tiles", ("m1",)), ("nms_radius", ("m1",)),
+                           ("line_width", ("g2", "m1"))):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if args.preprocess not in variants:
+            raise TrainingError(f"--{name.replace('_', '-')} applies to --preprocess "
+                                f"{'/'.join(variants)} only (got {args.preprocess})")
+        params[name] = value
     try:
-        spec = PreprocessSpec.from_dict({"id": args.preprocess, "size": args.size})
+        spec = PreprocessSpec.from_dict(params)
     except PreprocessError as exc:
         raise TrainingError(str(exc)) from None
     if args.mask is not None and not args.mask.is_file():

@@ -11,6 +11,10 @@ recommended one, 0.5 for a learner, or ``--threshold``), ROC and PR curves, a th
 positives by what else was in the frame (satellite, aircraft, moon, cloud…) when the index
 carries those truth columns, a top-loss gallery for label curation, and — for learners —
 Grad-CAM heatmaps showing where the network looks on a few meteors.
+
+For the candidate-window preprocessing (m1), once per report: the share of meteor frames whose
+meteor lies in one of the windows the model is shown, and in how many more a wider mosaic would
+hold it (`training.coverage`): the recall no model on that preprocessing can exceed.
 """
 
 from __future__ import annotations
@@ -238,6 +242,31 @@ def plot_curves(y: np.ndarray, models: list[Scored], out: Path) -> list[str]:
     return ["roc.png", "pr.png", "confusion.png"]
 
 
+def plot_coverage(coverage: dict[str, Any], out: Path) -> str:
+    """Share of meteor frames covered against the number of windows kept, per peak bin."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    counts = coverage["counts"]
+    lowest = min(v for b in [coverage, *coverage["by_peak"]] for v in b["covered"].values())
+    ax.plot(counts, [coverage["covered"][str(n)] for n in counts], "k-o", lw=2,
+            label=f"all ({coverage['meteors']})")
+    for b in coverage["by_peak"]:
+        ax.plot(counts, [b["covered"][str(n)] for n in counts], "-", marker=".",
+                label=f"peak {b['bin']} ({b['meteors']})")
+    shown = coverage["windows_shown"]
+    ax.axvline(shown, color="grey", ls="--", lw=1)
+    bottom = max(0.0, np.floor(lowest * 10 - 0.5) / 10)  # the differences are a few points
+    ax.text(shown, bottom + 0.01, f" shown: {shown}", fontsize=8, color="grey")
+    ax.set(xlabel="candidate windows kept (strongest first)",
+           ylabel="meteor frames with the meteor in a window", ylim=(bottom, 1.01),
+           title="Recall ceiling of the candidate windows")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "coverage.png", dpi=90)
+    plt.close(fig)
+    return "coverage.png"
+
+
 def _display(image: np.ndarray) -> np.ndarray:
     return image[:, :, 0] if image.shape[2] == 1 else image
 
@@ -414,8 +443,27 @@ class Report:
             + "</body></html>\n")
 
 
+def _coverage_section(r: Report, coverage: dict[str, Any], figure: str | None) -> None:
+    shown = coverage["windows_shown"]
+    r.heading("Candidate windows: the recall ceiling")
+    r.para(f"The model sees only the {shown} strongest candidate windows of each frame. Of "
+           f"{coverage['meteors']} meteor frames with a known segment, the share whose meteor "
+           f"touches one of the N strongest windows (optimistic: a window holding any point of "
+           f"the trail counts). No model on this preprocessing recalls more than the column "
+           f"N = {shown}.")
+    counts = coverage["counts"]
+    rows = [["all", coverage["meteors"], *[coverage["covered"][str(n)] for n in counts]]]
+    rows += [[b["bin"], b["meteors"], *[b["covered"][str(n)] for n in counts]]
+             for b in coverage["by_peak"]]
+    r.table(["peak", "meteors", *[f"N = {n}" + (" (shown)" if n == shown else "")
+                                  for n in counts]], rows)
+    if figure:
+        r.image(figure, "candidate-window coverage")
+
+
 def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[str, Any]],
-                 figures: dict[str, Any], dmeta: dict[str, Any]) -> None:
+                 figures: dict[str, Any], dmeta: dict[str, Any],
+                 coverage: dict[str, Any] | None = None) -> None:
     r = Report()
     r.heading(f"guaita evaluation — {split} nights", 1)
     nights = sorted(df["night"].unique())
@@ -431,6 +479,8 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
              for m in results])
     for name in figures["curves"]:
         r.image(name, name.removesuffix(".png"))
+    if coverage and coverage["meteors"]:
+        _coverage_section(r, coverage, figures.get("coverage"))
     for m in results:
         r.heading(m["name"])
         r.heading("Per class", 3)
@@ -508,10 +558,22 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     learners = [s for s in scored if s.learner is not None]
     if learners:
         figures["cam"] = plot_cams(df, y, learners[0], channels, out, args.cams)
-    write_report(out, args.split, df, y, results, figures, dmeta)
+    coverage = None
+    if args.coverage:
+        from edge.preprocess import read_gray
+        from training.coverage import candidate_coverage
+
+        mask = read_gray(dmeta["mask"]) if dmeta.get("mask") else None
+        log.info("candidate-window coverage of the %d meteor frames", int(y.sum()))
+        coverage = candidate_coverage(df, PreprocessSpec.from_dict(dmeta["preprocessing"]), mask,
+                                      progress=args.progress)
+        if coverage and coverage["meteors"]:
+            figures["coverage"] = plot_coverage(coverage, out)
+    write_report(out, args.split, df, y, results, figures, dmeta, coverage)
     summary = {"split": args.split, "frames": len(df), "meteors": int(y.sum()),
                "nights": sorted(df["night"].unique().tolist()),
-               "dataset": str(Path(args.data) / DATASET_META), "models": results}
+               "dataset": str(Path(args.data) / DATASET_META), "models": results,
+               "candidate_coverage": coverage}
     write_json(out / "metrics.json", summary)
     for m in results:
         a = m["at_threshold"]
@@ -537,6 +599,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(slower; default scores the cached preprocessed images)")
     parser.add_argument("--gallery", type=int, default=16, help="top-loss images per model")
     parser.add_argument("--cams", type=int, default=6, help="Grad-CAM meteors (learners only)")
+    parser.add_argument("--no-coverage", dest="coverage", action="store_false",
+                        help="skip the candidate-window recall ceiling (m1 only; it decodes "
+                             "every meteor frame pair again)")
+    parser.add_argument("--progress", action="store_true", help="progress bar for the coverage")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime CPU threads")
 
 

@@ -28,6 +28,9 @@ HEIGHT=${HEIGHT:-976}
 SIZE=${SIZE:-160}            # model input; 224 is ~2x slower to train on CPU
 PREPROCESS=${PREPROCESS:-m1} # edge.preprocess variant (m1: full-resolution candidate tiles;
                              # g2: the whole sky at SIZE, the 1.0.0 bundle's)
+TILES=${TILES:-4}            # m1: TILES x TILES candidate windows of SIZE/TILES px (6 at SIZE 240:
+                             # 36 windows of 40 px, the next model's; see docs/training.md)
+LINE_WIDTH=${LINE_WIDTH:-320} # g2/m1: the line map's width, px (640: finer candidates, see docs/training.md)
 INIT_FROM=${INIT_FROM:-}     # warm start: an earlier bundle or `guaita train` folder (empty: scratch)
 FREEZE=${FREEZE:-0}          # with INIT_FROM: head-only epochs first
 MINE_FROM=${MINE_FROM:-}     # hard-negative mining: this bundle scores the training non-meteors
@@ -44,6 +47,10 @@ SEED=${SEED:-2026}
 UNTIL=${UNTIL:-5}            # stop after this step (e.g. 2: only simulate and index)
 FROM_STEP=${FROM_STEP:-1}    # e.g. 4: re-export and re-evaluate an already trained $WORK/model
 ALERT_RULE=${ALERT_RULE:-fp:0.003}  # the shipped threshold: <= 3 false alerts per 1,000 frames
+
+tiles=()  # the variant's own knobs
+if [[ "$PREPROCESS" == m1 ]]; then tiles=(--tiles "$TILES"); fi
+if [[ "$PREPROCESS" == m1 || "$PREPROCESS" == g2 ]]; then tiles+=(--line-width "$LINE_WIDTH"); fi
 
 mkdir -p "$WORK"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -68,7 +75,7 @@ PY
 done
 
 log "2/5 index ($PREPROCESS, ${SIZE} px), split by whole nights"
-"$GUAITA" dataset index "${truths[@]}" --out "$WORK/data" --preprocess "$PREPROCESS" --size "$SIZE" --min-peak "$MIN_PEAK" \
+"$GUAITA" dataset index "${truths[@]}" --out "$WORK/data" --preprocess "$PREPROCESS" --size "$SIZE" "${tiles[@]}" --min-peak "$MIN_PEAK" \
   --valid-frac 0.15 --test-frac 0.15 --seed "$SEED" --workers "$THREADS" --no-progress
 
 if ((UNTIL < 3)); then exit 0; fi
@@ -113,7 +120,7 @@ simulate('$dir', nights=4, frames=200, seed=$SEED + 9999, width=$WIDTH, height=$
          start=date(2027, 3, 1), meteor_rate=$RATE, progress=False)"
   fi
   "$GUAITA" dataset index --truth "$dir/truth.csv" --out "$WORK/data-unseen" --preprocess "$PREPROCESS" \
-    --size "$SIZE" --all-in test --workers "$THREADS" --no-progress
+    --size "$SIZE" "${tiles[@]}" --all-in test --workers "$THREADS" --no-progress
   "$GUAITA" evaluate --data "$WORK/data-unseen" --model "$OUT" --out "$WORK/report-unseen" \
     --threads "$THREADS" --gallery 8
 fi
