@@ -24,6 +24,7 @@ DATASET_META = "dataset.json"
 TRAIN_META = "train.json"
 WEIGHTS_NAME = "model.pth"
 LEARNER_NAME = "learner.pkl"
+SEGMENT_COLUMNS = ("meteor_x1", "meteor_y1", "meteor_x2", "meteor_y2")  # the simulator's truth
 
 
 class TrainingError(RuntimeError):
@@ -52,6 +53,16 @@ def load_input(path: str | Path, channels: int) -> np.ndarray:
     with Image.open(path) as pil:
         array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
     return array[:, :, None] if channels == 1 else array
+
+
+def meteor_segment(row) -> tuple[float, float, float, float] | None:
+    """An index row's true meteor segment (x1, y1, x2, y2) in frame pixels, None where the labels
+    carry none (an operator's folders, or a frame without a meteor)."""
+    try:
+        values = tuple(float(row[c]) for c in SEGMENT_COLUMNS)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if any(np.isnan(v) for v in values) else values  # type: ignore[return-value]
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -15,19 +15,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.preprocess import PreprocessError, PreprocessSpec, candidate_windows, read_gray
-from training._common import METEOR
+from training._common import METEOR, meteor_segment
 from training._metrics import PEAK_EDGES
 
 log = logging.getLogger(__name__)
 
-SEGMENT = ("meteor_x1", "meteor_y1", "meteor_x2", "meteor_y2")
 COUNTS = (9, 16, 25, 36, 49, 64)
 SAMPLES = 200  # points tested along each true segment
 
@@ -45,14 +43,6 @@ def first_covering_rank(corners: list[tuple[int, int]], side: int,
     return None
 
 
-def _segment(row) -> tuple[float, float, float, float] | None:
-    try:
-        values = tuple(float(row[c]) for c in SEGMENT)
-    except (KeyError, TypeError, ValueError):
-        return None
-    return None if any(math.isnan(v) for v in values) else values  # type: ignore[return-value]
-
-
 def coverage_ranks(df, spec: PreprocessSpec, mask: np.ndarray | None, most: int,
                    progress: bool = False) -> list[dict[str, Any]]:
     """Per meteor frame with a known segment: its peak and the rank of its first covering
@@ -64,7 +54,7 @@ def coverage_ranks(df, spec: PreprocessSpec, mask: np.ndarray | None, most: int,
 
     for _, row in tqdm(rows.iterrows(), total=len(rows), desc="coverage", unit="frame",
                        disable=not progress):
-        segment = _segment(row)
+        segment = meteor_segment(row)
         if segment is None:
             continue
         try:

@@ -36,6 +36,7 @@ from training._common import (
     TrainingError,
     load_index,
     load_input,
+    meteor_segment,
     set_threads,
     write_json,
 )
@@ -374,13 +375,10 @@ def plot_cams(df, y: np.ndarray, s: Scored, channels: int, out: Path, n: int) ->
 
 def _streak(row, size: int):
     """The true streak, scaled from frame pixels to the (stretched) model input, if known."""
-    try:
-        x1, y1, x2, y2 = (float(row[c]) for c in ("meteor_x1", "meteor_y1", "meteor_x2",
-                                                   "meteor_y2"))
-    except (KeyError, TypeError, ValueError):
+    segment = meteor_segment(row)
+    if segment is None:
         return None
-    if any(np.isnan(v) for v in (x1, y1, x2, y2)):
-        return None
+    x1, y1, x2, y2 = segment
     from PIL import Image
 
     with Image.open(row["frame"]) as frame:
