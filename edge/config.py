@@ -130,6 +130,16 @@ class SuppressionConfig:
     # least steady_trail_snr times the noise. 0 = off.
     steady_trail_box: float = 0.78
     steady_trail_snr: float = 10.0
+    # ... or a trail in one frame whose two end quarters both shine with at least even_ends_light
+    # of its brightest light, within even_ends_imbalance of each other (a meteor's rising end is
+    # dim): judged on trails of at least even_ends_min_px that peak under even_ends_max_peak
+    # grey levels (a bright meteor's core can look even). 0 = off, the default: at 0.7 it
+    # removed a few false alerts but not enough to lower the shipped threshold within its
+    # false-alert budget on the test nights (docs/suppression.md, "Even ends").
+    even_ends_light: float = 0.0
+    even_ends_imbalance: float = 0.2
+    even_ends_min_px: float = 40.0
+    even_ends_max_peak: float = 120.0
     # A streak repeated beside itself in the frame before/after is no meteor: within this many
     # pixels a fixed feature (Moon limb, lit edge; "masked"), within recur_cloud_px on a cloudy
     # frame a drifting cloud edge ("cloud"). 0 = off.
@@ -371,6 +381,14 @@ def _validate(cfg: Config) -> None:
         bad("suppression.steady_trail_box", "must be in [0, 1] (0 = off)")
     if s.steady_trail_snr < 0:
         bad("suppression.steady_trail_snr", "must be >= 0")
+    if not 0 <= s.even_ends_light <= 1:
+        bad("suppression.even_ends_light", "must be in [0, 1] (0 = off)")
+    if not 0 <= s.even_ends_imbalance <= 1:
+        bad("suppression.even_ends_imbalance", "must be in [0, 1]")
+    if s.even_ends_min_px < 0:
+        bad("suppression.even_ends_min_px", "must be >= 0 (px)")
+    if s.even_ends_max_peak <= 0:
+        bad("suppression.even_ends_max_peak", "must be > 0 (grey levels)")
     if not s.exposure_step_max_residual > 0:
         bad("suppression.exposure_step_max_residual", "must be > 0 (grey levels)")
     for key in ("auto_mask_share", "masked_fraction"):

@@ -367,10 +367,18 @@ class Decider:
         if cfg.aircraft_single_frame and streak.dotted:
             flags.append("dotted")
             return "aircraft"
-        if cfg.steady_trail_box > 0 and not streak.dotted and streak.peak < _BOLIDE_PEAK:
-            box, snr = entry.analysis.steadiness(streak)
-            if box >= cfg.steady_trail_box and snr >= cfg.steady_trail_snr:
+        if not streak.dotted and streak.peak < _BOLIDE_PEAK and (
+                cfg.steady_trail_box > 0 or cfg.even_ends_light > 0):
+            light = entry.analysis.steadiness(streak)
+            if cfg.steady_trail_box > 0 and light.box >= cfg.steady_trail_box \
+                    and light.snr >= cfg.steady_trail_snr:
                 flags.append("steady_trail")  # evenly lit, cut off sharply at both ends
+                return "satellite"
+            if cfg.even_ends_light > 0 and streak.peak < cfg.even_ends_max_peak \
+                    and streak.length_px >= cfg.even_ends_min_px \
+                    and light.end_light >= cfg.even_ends_light \
+                    and light.end_imbalance <= cfg.even_ends_imbalance:
+                flags.append("even_ends")  # both ends as bright as its middle: no rise and fade
                 return "satellite"
         if cfg.cloud and streak.fwhm_px >= cfg.cloud_min_fwhm_px and self._cloud_evidence(
                 entry, flags):

@@ -122,6 +122,22 @@ class Streak:
         }
 
 
+@dataclass(frozen=True)
+class TrailLight:
+    """The light along a streak (`DiffAnalysis.steadiness`): is it a steady light cut off at
+    both ends (a satellite) or a meteor's rise and fade?"""
+
+    box: float = 0.0  # 1 = uniformly bright between abrupt ends; a meteor's 0.2-0.5
+    snr: float = 0.0  # plateau over the noise of the smoothed profile
+    # The profile on the trail, scaled by its 95th percentile (so 1 = its brightest light):
+    end_light: float = 0.0  # the dimmer end quarter's mean
+    end_imbalance: float = 0.0  # |first - last end quarter|
+    end_bright: float = 0.0  # the brighter end quarter's mean
+    middle: float = 0.0  # the middle half's mean
+    variation: float = 0.0  # standard deviation over mean
+    peak_offset: float = 0.0  # the brightest point's distance from the middle: 0 centre, 1 an end
+
+
 def _ordered(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
     if (x2, y2) < (x1, y1):
         return x2, y2, x1, y1
@@ -589,18 +605,22 @@ class DiffAnalysis:
             hi += 1
         return float(hi - lo + 1)
 
-    def steadiness(self, streak: Streak) -> tuple[float, float]:
-        """Whether a trail is a steady light cut off at both ends, and how clearly that shows.
+    def steadiness(self, streak: Streak) -> TrailLight:
+        """How the light runs along a trail: a satellite's is even from an abrupt start to an
+        abrupt end, a meteor's brightens and fades.
 
-        Returns (box, snr). The light per pixel of length is followed along the streak's line
-        and 40 % beyond each end; box = 1 − (w20 − w80) / w20, where wNN is the extent above
-        NN % of its plateau: 1 for a trail uniformly bright from an abrupt start to an abrupt
-        end (a satellite crossing for the whole exposure), 0.2–0.5 for a meteor's rise and
-        fade. snr is the plateau over the noise of the smoothed profile; (0, 0) below 20 px.
+        The light per pixel of length is followed along the streak's line and 40 % beyond each
+        end, smoothed over a twentieth of the length. box = 1 − (w20 − w80) / w20, where wNN is
+        the extent above NN % of its plateau (the 90th percentile on the trail): 1 for a trail
+        uniformly bright from an abrupt start to an abrupt end (a satellite crossing for the
+        whole exposure), 0.2–0.5 for a meteor's rise and fade. snr is the plateau over the
+        noise of the smoothed profile. The rest describe the profile on the trail scaled by its
+        95th percentile (`TrailLight`): a meteor's rising end is dim, a satellite's ends are
+        not. All 0 below 20 px.
         """
         length = streak.length_px
         if length < 20:
-            return 0.0, 0.0
+            return TrailLight()
         ux, uy = (streak.x2 - streak.x1) / length, (streak.y2 - streak.y1) / length
         half = self.factor + 1
         reach = 0.4 * length + 10
@@ -609,18 +629,30 @@ class DiffAnalysis:
         light -= float(np.median(light[outside]))
         w = max(3, int(length / 20))
         smooth = np.convolve(light, np.ones(w) / w, mode="same")
-        plateau = float(np.percentile(smooth[(ts >= 0) & (ts <= length)], 90))
+        on_trail = smooth[(ts >= 0) & (ts <= length)]
+        plateau = float(np.percentile(on_trail, 90))
         sigma = self._sigma_at((streak.x1 + streak.x2) / 2, (streak.y1 + streak.y2) / 2)
         snr = plateau / (sigma * math.sqrt((2 * half + 1) / w))
         if plateau <= 0:
-            return 0.0, snr
+            return TrailLight(snr=snr)
 
         def extent(level: float) -> int:
             idx = np.nonzero(smooth > level * plateau)[0]
             return int(idx[-1] - idx[0] + 1) if len(idx) else 0
 
         w20, w80 = extent(0.2), extent(0.8)
-        return (1.0 - (w20 - w80) / w20 if w20 else 0.0), snr
+        box = 1.0 - (w20 - w80) / w20 if w20 else 0.0
+        n = len(on_trail)
+        top = float(np.percentile(on_trail, 95))
+        if n < 8 or top <= 0:
+            return TrailLight(box, snr)
+        scaled = on_trail / top
+        first, last = float(scaled[: n // 4].mean()), float(scaled[3 * n // 4:].mean())
+        return TrailLight(
+            box, snr, end_light=min(first, last), end_imbalance=abs(first - last),
+            end_bright=max(first, last), middle=float(scaled[n // 4: 3 * n // 4].mean()),
+            variation=float(scaled.std() / max(float(scaled.mean()), 1e-6)),
+            peak_offset=abs(float(np.argmax(scaled)) / (n - 1) - 0.5) * 2)
 
     def _periodic(self, ts, prof, sigma) -> tuple[int, float]:
         """Count of regularly spaced, deeply modulated peaks (strobes) in a light profile

@@ -12,7 +12,15 @@ import pytest
 
 from edge.eventschema import event_schema
 from edge.preprocess import positive_difference
-from edge.streaks import DiffAnalysis, Streak, StreakParams, merge, regular_spacing, relate
+from edge.streaks import (
+    DiffAnalysis,
+    Streak,
+    StreakParams,
+    TrailLight,
+    merge,
+    regular_spacing,
+    relate,
+)
 
 H, W = 976, 1304
 SIGMA = 3.5  # per-frame noise, as measured on real all-sky frames (reference.md)
@@ -209,18 +217,23 @@ def test_steadiness_tells_an_even_trail_from_a_meteor_light_curve():
 
     p1, p2 = (300, 400), (620, 520)
     even = DiffAnalysis(pair(40, line(p1, p2, 30, 2)))
-    box, snr = even.steadiness(even.streaks[0])
-    assert box >= 0.85 and snr >= 10
+    light = even.steadiness(even.streaks[0])
+    assert light.box >= 0.85 and light.snr >= 10
+    assert light.end_light >= 0.8 and light.end_imbalance <= 0.1  # both ends as bright
+    assert light.variation <= 0.15 and light.middle >= 0.8  # flat all along
 
     def meteor(layer):
         draw_meteor(layer, p1, p2, 60.0, 2, floor=0.0)
 
     fading = DiffAnalysis(pair(41, meteor))
-    box, snr = fading.steadiness(fading.streaks[0])
-    assert box <= 0.6 and snr >= 10  # bright enough to tell, and not steady
+    light = fading.steadiness(fading.streaks[0])
+    assert light.box <= 0.6 and light.snr >= 10  # bright enough to tell, and not steady
+    assert light.end_light <= 0.6  # it rose from dark: one end quarter is dim
+    assert light.end_bright - light.end_light >= 0.1 and light.middle > light.end_bright
+    assert light.variation >= 0.2 and light.peak_offset >= 0.2  # peaked, off centre
 
     faint = DiffAnalysis(pair(42, line(p1, p2, 6, 1)))
     if faint.streaks:  # too faint to judge: the rule needs snr >= 10
-        assert faint.steadiness(faint.streaks[0])[1] < 10
+        assert faint.steadiness(faint.streaks[0]).snr < 10
     short = Streak(300, 400, 310, 405, width_px=2, peak=30)
-    assert even.steadiness(short) == (0.0, 0.0)
+    assert even.steadiness(short) == TrailLight()

@@ -1,0 +1,142 @@
+"""Measure a second stage that reads the whole trail (docs/training.md, "The next lever").
+
+Not a product path yet: nothing here ships to the Pi. On an index's validation and test nights,
+every frame the bundle scores at least --min-score is a candidate; its strongest streak's light
+profile (`DiffAnalysis.steadiness`, the decider's streak parameters) and the model's score feed a
+small classifier trained on one split's candidates and scored on the other's. Each candidate's
+score becomes min_score + (1 - min_score) * the stage's probability, so candidates stay above
+every other frame, and the best recall within 3 and 10 false positives per 1,000 frames is
+compared with the model alone.
+
+    .venv/bin/python -m training.recipes.trail_stage --data /tmp/guaita-shipped/data \\
+        --bundle models/guaita-r18-sim --out /tmp/guaita-shipped/trail-stage.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training._common import load_index, load_input, write_json
+from training._metrics import best_within
+
+SHAPE = ("box", "variation", "end_light", "end_bright", "end_imbalance", "middle", "peak_offset")
+GEOMETRY = ("log_peak", "log_snr", "log_length", "width")
+FEATURE_SETS = {
+    "profile": ("score", "streaks", *SHAPE),
+    "profile + geometry": ("score", "streaks", *SHAPE, *GEOMETRY),
+    "geometry": ("score", "streaks", *GEOMETRY),
+}
+BUDGETS = (3.0, 10.0)
+
+
+def candidate_features(frame: str, previous: str, params) -> dict[str, float]:
+    """The strongest streak's light profile in a frame pair; NaN where no streak is found."""
+    from edge.preprocess import positive_difference, read_gray
+    from edge.streaks import DiffAnalysis
+
+    analysis = DiffAnalysis(positive_difference(read_gray(previous), read_gray(frame)), params)
+    streaks = analysis.streaks
+    row = {"streaks": float(len(streaks))}
+    if not streaks:
+        return row | {name: math.nan for name in (*SHAPE, *GEOMETRY)}
+    streak = streaks[0]
+    light = analysis.steadiness(streak)
+    return row | {name: float(getattr(light, name)) for name in SHAPE} | {
+        "log_peak": math.log(max(streak.peak, 1.0)), "log_snr": math.log(max(light.snr, 0.1)),
+        "log_length": math.log(max(streak.length_px, 1.0)), "width": streak.width_px}
+
+
+def split_table(df, split: str, scorer, min_score: float, params) -> dict[str, Any]:
+    rows = df[df["split"] == split].reset_index(drop=True)
+    channels = scorer.manifest.preprocessing.channels
+    scores: list[float] = []
+    for start in range(0, len(rows), 64):
+        images = [load_input(p, channels) for p in rows["path"][start:start + 64]]
+        scores.extend(scorer.score_inputs(images).tolist())
+    score = np.asarray(scores)
+    picked = np.nonzero(score >= min_score)[0]
+    features = [candidate_features(rows["frame"][i], rows["previous"][i], params) | {
+        "score": score[i]} for i in picked]
+    print(f"{split}: {len(rows)} frames, {len(picked)} candidates (score >= {min_score})")
+    return {"y": (rows["label"] == "meteor").to_numpy().astype(int), "score": score,
+            "picked": picked, "features": features}
+
+
+def classifiers() -> dict[str, Any]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return {
+        "gradient boosting": lambda: HistGradientBoostingClassifier(
+            max_depth=3, max_iter=200, learning_rate=0.05, random_state=0),
+        "logistic regression": lambda: make_pipeline(
+            SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=3000)),
+    }
+
+
+def matrix(table: dict[str, Any], columns: tuple[str, ...]) -> np.ndarray:
+    return np.array([[f[c] for c in columns] for f in table["features"]], dtype=float)
+
+
+def best(y: np.ndarray, p: np.ndarray) -> list[float]:
+    return [float(best_within(y, p, budget)["recall"]) for budget in BUDGETS]
+
+
+def measure(tables: dict[str, dict[str, Any]], min_score: float) -> list[dict[str, Any]]:
+    results = [{"stage": "model alone", "features": "",
+                **{split: best(t["y"], t["score"]) for split, t in tables.items()}}]
+    for kind, make in classifiers().items():
+        for name, columns in FEATURE_SETS.items():
+            row: dict[str, Any] = {"stage": kind, "features": name}
+            for train, test in (("valid", "test"), ("test", "valid")):
+                fit, use = tables[train], tables[test]
+                model = make().fit(matrix(fit, columns), fit["y"][fit["picked"]])
+                staged = use["score"].copy()
+                probability = model.predict_proba(matrix(use, columns))[:, 1]
+                staged[use["picked"]] = min_score + (1 - min_score) * probability
+                row[test] = best(use["y"], staged)
+            results.append(row)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.recipes.trail_stage",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="a `guaita dataset index` output")
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--min-score", type=float, default=0.3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+
+    from edge.decide import Decider
+    from edge.model import open_scorer
+
+    df, _ = load_index(args.data)
+    scorer = open_scorer(args.bundle, threads=args.threads)
+    params = Decider().params
+    tables = {split: split_table(df, split, scorer, args.min_score, params)
+              for split in ("valid", "test")}
+    results = measure(tables, args.min_score)
+    print("| stage | features | test: <= 3 FP / 1,000, <= 10 | validation: <= 3, <= 10 |")
+    print("|---|---|---|---|")
+    for r in results:
+        cells = [", ".join(f"{v:.3f}" for v in r[s]) for s in ("test", "valid")]
+        print(f"| {r['stage']} | {r['features']} | {cells[0]} | {cells[1]} |")
+    if args.out:
+        write_json(args.out, {"min_score": args.min_score, "budgets": BUDGETS,
+                              "bundle": str(args.bundle), "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
