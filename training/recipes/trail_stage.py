@@ -3,7 +3,8 @@
 Not a product path yet: nothing here ships to the Pi. On an index's validation and test nights,
 every frame the bundle scores at least --min-score is a candidate; its strongest streak's light
 profile (`DiffAnalysis.steadiness`, the decider's streak parameters) and the model's score feed a
-small classifier trained on one split's candidates and scored on the other's. Each candidate's
+small classifier trained on one split's candidates and scored on the other's (or, with
+--fit-on train, trained on the training nights' candidates). Each candidate's
 score becomes min_score + (1 - min_score) * the stage's probability, so candidates stay above
 every other frame, and the best recall within 3 and 10 false positives per 1,000 frames is
 compared with the model alone.
@@ -90,13 +91,17 @@ def best(y: np.ndarray, p: np.ndarray) -> list[float]:
     return [float(best_within(y, p, budget)["recall"]) for budget in BUDGETS]
 
 
-def measure(tables: dict[str, dict[str, Any]], min_score: float) -> list[dict[str, Any]]:
+def measure(tables: dict[str, dict[str, Any]], min_score: float,
+            fit_on: str) -> list[dict[str, Any]]:
     results = [{"stage": "model alone", "features": "",
-                **{split: best(t["y"], t["score"]) for split, t in tables.items()}}]
+                **{split: best(tables[split]["y"], tables[split]["score"])
+                   for split in ("valid", "test")}}]
+    pairs = ((("train", "test"), ("train", "valid")) if fit_on == "train"
+             else (("valid", "test"), ("test", "valid")))
     for kind, make in classifiers().items():
         for name, columns in FEATURE_SETS.items():
             row: dict[str, Any] = {"stage": kind, "features": name}
-            for train, test in (("valid", "test"), ("test", "valid")):
+            for train, test in pairs:
                 fit, use = tables[train], tables[test]
                 model = make().fit(matrix(fit, columns), fit["y"][fit["picked"]])
                 staged = use["score"].copy()
@@ -114,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="a `guaita dataset index` output")
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--min-score", type=float, default=0.3)
+    parser.add_argument("--fit-on", choices=("other", "train"), default="other",
+                        help="train the stage on the other held-out split's candidates (default), "
+                             "or on the training nights' (the model's scores there are its own "
+                             "training frames': optimistic)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
@@ -124,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     df, _ = load_index(args.data)
     scorer = open_scorer(args.bundle, threads=args.threads)
     params = Decider().params
-    tables = {split: split_table(df, split, scorer, args.min_score, params)
-              for split in ("valid", "test")}
-    results = measure(tables, args.min_score)
+    splits = ("valid", "test", "train") if args.fit_on == "train" else ("valid", "test")
+    tables = {split: split_table(df, split, scorer, args.min_score, params) for split in splits}
+    results = measure(tables, args.min_score, args.fit_on)
     print("| stage | features | test: <= 3 FP / 1,000, <= 10 | validation: <= 3, <= 10 |")
     print("|---|---|---|---|")
     for r in results:
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['stage']} | {r['features']} | {cells[0]} | {cells[1]} |")
     if args.out:
         write_json(args.out, {"min_score": args.min_score, "budgets": BUDGETS,
+                              "fit_on": args.fit_on,
                               "bundle": str(args.bundle), "results": results})
     return 0
 
