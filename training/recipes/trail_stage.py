@@ -7,7 +7,8 @@ small classifier trained on one split's candidates and scored on the other's (or
 --fit-on train, trained on the training nights' candidates). Each candidate's
 score becomes min_score + (1 - min_score) * the stage's probability, so candidates stay above
 every other frame, and the best recall within 3 and 10 false positives per 1,000 frames is
-compared with the model alone.
+compared with the model alone. --alerts puts the stage between the model and the daemon's rules
+(every validation and test frame through the edge pipeline, as `guaita alert-threshold` runs it).
 
     .venv/bin/python -m training.recipes.trail_stage --data /tmp/guaita-shipped/data \\
         --bundle models/guaita-r18-sim --out /tmp/guaita-shipped/trail-stage.json
@@ -112,6 +113,49 @@ def measure(tables: dict[str, dict[str, Any]], min_score: float,
     return results
 
 
+def alert_level(df, tables: dict[str, dict[str, Any]], bundle: Path, min_score: float,
+                fit_on: str, params, threads: int) -> dict[str, Any]:
+    """The stage between the model and the daemon's rules: every valid/test frame through the
+    edge pipeline at threshold 0 (`guaita alert-threshold`'s run), candidates re-scored by the
+    profile stage (gradient boosting), then each frame's alert score (0 where a rule
+    suppressed it); the threshold chosen on validation by the shipped rule, fp:0.003."""
+    from edge.decide import alert_score
+    from training._metrics import at_threshold, choose_threshold
+    from training.alert_threshold import _rescore_below, night_folders, run_pipeline
+
+    columns = FEATURE_SETS["profile"]
+    below = _rescore_below(None)
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for split in ("valid", "test"):
+        rows = df[df["split"] == split].reset_index(drop=True)
+        results = run_pipeline(bundle, night_folders(rows), 0.0, threads)
+        found = [results[str(p)] for p in rows["frame"]]
+        plain = np.array([r["score"] for r in found])
+        picked = np.nonzero(plain >= min_score)[0]
+        table = {"y": (rows["label"] == "meteor").to_numpy().astype(int), "score": plain,
+                 "picked": picked,
+                 "features": [candidate_features(rows["frame"][i], rows["previous"][i], params)
+                              | {"score": plain[i]} for i in picked]}
+        fit = tables["train" if fit_on == "train" else ("test" if split == "valid" else "valid")]
+        model = classifiers()["gradient boosting"]().fit(matrix(fit, columns),
+                                                         fit["y"][fit["picked"]])
+        staged = plain.copy()
+        staged[picked] = min_score + (1 - min_score) * model.predict_proba(
+            matrix(table, columns))[:, 1]
+        scores[split] = {"y": table["y"], **{
+            name: np.array([alert_score(s, r["suppressed"], r.get("second_look"), below)
+                            for s, r in zip(values, found, strict=True)])
+            for name, values in (("rules", plain), ("stage + rules", staged))}}
+        print(f"{split}: {len(rows)} frames through the pipeline, {len(picked)} candidates")
+    out: dict[str, Any] = {}
+    for name in ("rules", "stage + rules"):
+        t, _ = choose_threshold(scores["valid"]["y"], scores["valid"][name], "fp:0.003")
+        out[name] = {"threshold": t, **{
+            split: {"at_threshold": at_threshold(v["y"], v[name], t),
+                    "best": best(v["y"], v[name])} for split, v in scores.items()}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.recipes.trail_stage",
                                      description=__doc__,
@@ -123,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="train the stage on the other held-out split's candidates (default), "
                              "or on the training nights' (the model's scores there are its own "
                              "training frames': optimistic)")
+    parser.add_argument("--alerts", action="store_true",
+                        help="also measure alerts: the stage between the model and the rules")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
@@ -141,9 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         cells = [", ".join(f"{v:.3f}" for v in r[s]) for s in ("test", "valid")]
         print(f"| {r['stage']} | {r['features']} | {cells[0]} | {cells[1]} |")
+    alerts = None
+    if args.alerts:
+        alerts = alert_level(df, tables, args.bundle, args.min_score, args.fit_on, params,
+                             args.threads)
+        print("| alerts | threshold (fp:0.003 on validation) | test: recall, false alerts / 1,000 "
+              "| validation | test: best <= 3, <= 10 | validation: best <= 3, <= 10 |")
+        print("|---|---|---|---|---|---|")
+        for name, r in alerts.items():
+            cells = [f"{r[s]['at_threshold']['recall']:.3f}, "
+                     f"{r[s]['at_threshold']['fp_per_1000']:.1f}" for s in ("test", "valid")]
+            bests = [", ".join(f"{v:.3f}" for v in r[s]["best"]) for s in ("test", "valid")]
+            print(f"| {name} | {r['threshold']:.2f} | {cells[0]} | {cells[1]} | {bests[0]} "
+                  f"| {bests[1]} |")
     if args.out:
         write_json(args.out, {"min_score": args.min_score, "budgets": BUDGETS,
-                              "fit_on": args.fit_on,
+                              "fit_on": args.fit_on, "alerts": alerts,
                               "bundle": str(args.bundle), "results": results})
     return 0
 
