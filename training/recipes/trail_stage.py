@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from training._common import load_index, load_input, write_json
+from training._common import METEOR, load_index, write_json
 from training._metrics import best_within
 
 SHAPE = ("box", "variation", "end_light", "end_bright", "end_imbalance", "middle", "peak_offset")
@@ -53,20 +53,26 @@ def candidate_features(frame: str, previous: str, params) -> dict[str, float]:
         "log_length": math.log(max(streak.length_px, 1.0)), "width": streak.width_px}
 
 
-def split_table(df, split: str, scorer, min_score: float, params) -> dict[str, Any]:
-    rows = df[df["split"] == split].reset_index(drop=True)
-    channels = scorer.manifest.preprocessing.channels
-    scores: list[float] = []
-    for start in range(0, len(rows), 64):
-        images = [load_input(p, channels) for p in rows["path"][start:start + 64]]
-        scores.extend(scorer.score_inputs(images).tolist())
-    score = np.asarray(scores)
+def candidate_table(rows, score: np.ndarray, min_score: float, params) -> dict[str, Any]:
+    """Labels and scores of a split's frames, and the features of its candidates."""
     picked = np.nonzero(score >= min_score)[0]
     features = [candidate_features(rows["frame"][i], rows["previous"][i], params) | {
         "score": score[i]} for i in picked]
-    print(f"{split}: {len(rows)} frames, {len(picked)} candidates (score >= {min_score})")
-    return {"y": (rows["label"] == "meteor").to_numpy().astype(int), "score": score,
+    return {"y": (rows["label"] == METEOR).to_numpy().astype(int), "score": score,
             "picked": picked, "features": features}
+
+
+def split_table(df, split: str, bundle: Path, channels: int, min_score: float, params,
+                threads: int) -> dict[str, Any]:
+    """A split scored by the bundle on its cached model inputs (as `guaita evaluate` does)."""
+    from training.evaluate import score_bundle
+
+    rows = df[df["split"] == split].reset_index(drop=True)
+    score = score_bundle(bundle, rows, None, channels, None, False, threads).probs
+    table = candidate_table(rows, score, min_score, params)
+    print(f"{split}: {len(rows)} frames, {len(table['picked'])} candidates "
+          f"(score >= {min_score})")
+    return table
 
 
 def classifiers() -> dict[str, Any]:
@@ -88,6 +94,17 @@ def matrix(table: dict[str, Any], columns: tuple[str, ...]) -> np.ndarray:
     return np.array([[f[c] for c in columns] for f in table["features"]], dtype=float)
 
 
+def staged(make, columns: tuple[str, ...], fit: dict[str, Any], use: dict[str, Any],
+           min_score: float) -> np.ndarray:
+    """`use`'s scores with its candidates re-scored by a stage fitted on `fit`'s candidates,
+    mapped above min_score so that they stay above every other frame."""
+    model = make().fit(matrix(fit, columns), fit["y"][fit["picked"]])
+    out = use["score"].copy()
+    out[use["picked"]] = min_score + (1 - min_score) * model.predict_proba(
+        matrix(use, columns))[:, 1]
+    return out
+
+
 def best(y: np.ndarray, p: np.ndarray) -> list[float]:
     return [float(best_within(y, p, budget)["recall"]) for budget in BUDGETS]
 
@@ -103,12 +120,8 @@ def measure(tables: dict[str, dict[str, Any]], min_score: float,
         for name, columns in FEATURE_SETS.items():
             row: dict[str, Any] = {"stage": kind, "features": name}
             for train, test in pairs:
-                fit, use = tables[train], tables[test]
-                model = make().fit(matrix(fit, columns), fit["y"][fit["picked"]])
-                staged = use["score"].copy()
-                probability = model.predict_proba(matrix(use, columns))[:, 1]
-                staged[use["picked"]] = min_score + (1 - min_score) * probability
-                row[test] = best(use["y"], staged)
+                use = tables[test]
+                row[test] = best(use["y"], staged(make, columns, tables[train], use, min_score))
             results.append(row)
     return results
 
@@ -121,32 +134,23 @@ def alert_level(df, tables: dict[str, dict[str, Any]], bundle: Path, min_score: 
     suppressed it); the threshold chosen on validation by the shipped rule, fp:0.003."""
     from edge.decide import alert_score
     from training._metrics import at_threshold, choose_threshold
-    from training.alert_threshold import _rescore_below, night_folders, run_pipeline
+    from training.alert_threshold import _rescore_below, _results_for, night_folders, run_pipeline
 
-    columns = FEATURE_SETS["profile"]
     below = _rescore_below(None)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for split in ("valid", "test"):
         rows = df[df["split"] == split].reset_index(drop=True)
-        results = run_pipeline(bundle, night_folders(rows), 0.0, threads)
-        found = [results[str(p)] for p in rows["frame"]]
-        plain = np.array([r["score"] for r in found])
-        picked = np.nonzero(plain >= min_score)[0]
-        table = {"y": (rows["label"] == "meteor").to_numpy().astype(int), "score": plain,
-                 "picked": picked,
-                 "features": [candidate_features(rows["frame"][i], rows["previous"][i], params)
-                              | {"score": plain[i]} for i in picked]}
+        found = _results_for(rows, run_pipeline(bundle, night_folders(rows), 0.0, threads))
+        table = candidate_table(rows, np.array([r["score"] for r in found]), min_score, params)
         fit = tables["train" if fit_on == "train" else ("test" if split == "valid" else "valid")]
-        model = classifiers()["gradient boosting"]().fit(matrix(fit, columns),
-                                                         fit["y"][fit["picked"]])
-        staged = plain.copy()
-        staged[picked] = min_score + (1 - min_score) * model.predict_proba(
-            matrix(table, columns))[:, 1]
+        stage = staged(classifiers()["gradient boosting"], FEATURE_SETS["profile"], fit, table,
+                       min_score)
         scores[split] = {"y": table["y"], **{
             name: np.array([alert_score(s, r["suppressed"], r.get("second_look"), below)
                             for s, r in zip(values, found, strict=True)])
-            for name, values in (("rules", plain), ("stage + rules", staged))}}
-        print(f"{split}: {len(rows)} frames through the pipeline, {len(picked)} candidates")
+            for name, values in (("rules", table["score"]), ("stage + rules", stage))}}
+        print(f"{split}: {len(rows)} frames through the pipeline, "
+              f"{len(table['picked'])} candidates")
     out: dict[str, Any] = {}
     for name in ("rules", "stage + rules"):
         t, _ = choose_threshold(scores["valid"]["y"], scores["valid"][name], "fp:0.003")
@@ -174,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from edge.decide import Decider
-    from edge.model import open_scorer
+    from edge.preprocess import PreprocessSpec
 
-    df, _ = load_index(args.data)
-    scorer = open_scorer(args.bundle, threads=args.threads)
+    df, meta = load_index(args.data)
+    channels = PreprocessSpec.from_dict(meta["preprocessing"]).channels
     params = Decider().params
     splits = ("valid", "test", "train") if args.fit_on == "train" else ("valid", "test")
-    tables = {split: split_table(df, split, scorer, args.min_score, params) for split in splits}
+    tables = {split: split_table(df, split, args.bundle, channels, args.min_score, params,
+                                 args.threads) for split in splits}
     results = measure(tables, args.min_score, args.fit_on)
     print("| stage | features | test: <= 3 FP / 1,000, <= 10 | validation: <= 3, <= 10 |")
     print("|---|---|---|---|")
