@@ -1,7 +1,8 @@
 """Model bundle: a directory (or .tar.gz) holding ``model.onnx`` + ``manifest.json``.
 
 The manifest is the single source of truth for how to feed the model: the preprocessing variant,
-the input shape, which output column is "meteor", and the recommended threshold. Training writes
+the input shape, which output column is "meteor", the optional trail stage that re-scores
+candidates, and the recommended threshold (for the score after the stage). Training writes
 it (training/export.py); the edge reads it here. No onnxruntime import: validating a bundle must
 be cheap and possible anywhere.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.preprocess import PreprocessError, PreprocessSpec
+from edge.trail_stage import TrailStage, TrailStageError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -44,6 +46,7 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     min_guaita_version: str = "0.1.0"
+    trail_stage: TrailStage | None = None  # re-scores candidates (edge/trail_stage.py)
 
     @property
     def meteor_index(self) -> int:
@@ -65,7 +68,7 @@ class Manifest:
             "metrics": self.metrics,
             "training": self.training,
             "min_guaita_version": self.min_guaita_version,
-        }
+        } | ({"trail_stage": self.trail_stage.to_dict()} if self.trail_stage else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -99,6 +102,12 @@ class Manifest:
         threshold = need("recommended_threshold", (int, float))
         if not 0.0 < threshold < 1.0:
             raise BundleError(f"manifest: recommended_threshold {threshold} not in (0, 1)")
+        stage = None
+        if data.get("trail_stage") is not None:
+            try:
+                stage = TrailStage.from_dict(data["trail_stage"])
+            except TrailStageError as exc:
+                raise BundleError(f"manifest: {exc}") from None
         sha = need("sha256", str)
         if len(sha) != 64:
             raise BundleError("manifest: sha256 must be 64 hex digits")
@@ -115,6 +124,7 @@ class Manifest:
             metrics=dict(data.get("metrics", {})),
             training=dict(data.get("training", {})),
             min_guaita_version=str(data.get("min_guaita_version", "0.1.0")),
+            trail_stage=stage,
         )
 
 

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "coverage": ("training.coverage",
                  "how many meteors an m1 candidate mosaic can hold (choose it before training)"),
     "export": ("training.export", "export ONNX, quantize to int8, check parity, write bundle"),
+    "trail-stage": ("training.trail_stage",
+                    "fit a bundle's trail stage on training-night candidates (a new bundle)"),
     "alert-threshold": ("training.alert_threshold",
                         "choose a bundle's threshold by its pipeline alerts on validation nights"),
     "model": ("edge.model_admin", "publish, list, show or roll back model bundles"),

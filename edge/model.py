@@ -1,4 +1,8 @@
-"""Scoring with onnxruntime: a loaded bundle turned into `meteor probability = f(prev, cur)`."""
+"""Scoring with onnxruntime: a loaded bundle turned into `meteor probability = f(prev, cur)`.
+
+The bundle's score is the model's, re-scored by the bundle's trail stage where it has one
+(edge/trail_stage.py): the threshold in the manifest was chosen for that score.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.bundle import Bundle, BundleError, load_bundle
-from edge.preprocess import Preprocessor, to_nchw
+from edge.preprocess import Preprocessor, apply_mask, positive_difference, to_nchw
 
 
 @dataclass
@@ -38,10 +42,25 @@ class Scorer:
             )
         return out[:, self.manifest.meteor_index].astype(np.float32)
 
+    def model_score(
+        self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None
+    ) -> float:
+        """The network's probability alone, before the trail stage."""
+        return float(self.score_inputs([self.preprocess(previous, current, mask)])[0])
+
     def score(
         self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None
     ) -> float:
-        return float(self.score_inputs([self.preprocess(previous, current, mask)])[0])
+        """The bundle's score: the model's, then the trail stage's for candidates."""
+        return self.staged(self.model_score(previous, current, mask), previous, current, mask)
+
+    def staged(self, score: float, previous: np.ndarray, current: np.ndarray,
+               mask: np.ndarray | None = None) -> float:
+        stage = self.manifest.trail_stage
+        if stage is None or score < stage.min_score:
+            return score
+        difference = apply_mask(positive_difference(previous, current), mask)
+        return stage.rescore(score, difference)
 
 
 def open_scorer(bundle: str | Path | Bundle, threads: int = 1) -> Scorer:

@@ -410,9 +410,57 @@ def test_alert_threshold_budgets_pipeline_alerts(bundle: Path, indexed: Path, tm
         assert sum(v["satellite"]["frames"] for v in parts) == by["all"]["satellite"]["frames"]
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["threshold_rule"].startswith("fp:0.05 on validation-night pipeline alerts")
+    # More --data indexes add validation nights; the same nights twice are refused.
+    assert main(["alert-threshold", "--bundle", str(copy), "--data", str(indexed), "--data",
+                 str(indexed), "--dry-run", "--no-test"]) == 2
     # ...and the model card shows what the daemon would alert on.
     from training.model_card import render
 
     card = render(copy, {})
     assert "What the daemon alerts on" in card
     assert f"| model + suppression (alerts) | {test['pipeline']['recall']:.4f}" in card
+
+
+def test_trail_stage_bundle_scores_the_same_in_evaluation_and_on_the_pi(bundle: Path,
+                                                                         indexed: Path,
+                                                                         tmp_path: Path):
+    from edge.model import open_scorer
+    from training.evaluate import score_bundle
+
+    out, report = tmp_path / "staged", tmp_path / "stage.json"
+    # min-score 0: every frame of the tiny set is a candidate (one epoch scores little high).
+    rc = main(["trail-stage", "--data", str(indexed), "--bundle", str(bundle), "--out",
+               str(out), "--version", "0.0.2", "--min-score", "0", "--report", str(report)])
+    assert rc == 0
+    before, after = load_bundle(bundle).manifest, load_bundle(out).manifest
+    assert after.sha256 == before.sha256 and after.version == "0.0.2"  # same ONNX
+    assert after.recommended_threshold == before.recommended_threshold
+    df, _ = load_index(indexed)
+    train, valid = df[df["split"] == "train"], df[df["split"] == "valid"]
+    stage = after.trail_stage
+    assert stage is not None and stage.fitted_on["candidates"] == len(train)
+    assert stage.fitted_on["meteors"] == int((train["label"] == "meteor").sum())
+    assert "alerts" not in after.metrics  # measured without the stage: not carried over
+    gain = json.loads(report.read_text())["valid"]
+    assert gain["frames"] == len(valid) and gain["candidates"] == len(valid)
+    # Evaluation (cached model inputs, the stage from the frames) gives the Pi's score.
+    rows = valid.reset_index(drop=True)
+    cached = score_bundle(out, rows, None, 3, None, False, 1).probs
+    scorer = open_scorer(out)
+    on_pi = [scorer.score(read_gray(r["previous"]), read_gray(r["frame"]))
+             for _, r in rows.iterrows()]
+    assert np.allclose(cached, on_pi, atol=1e-5)
+    plain = score_bundle(bundle, rows, None, 3, None, False, 1).probs
+    assert not np.allclose(cached, plain)  # the stage did re-score them
+    assert np.all(cached >= 0.0)
+    # ...and `evaluate --alerts` runs those nights through the Pi's pipeline at the threshold.
+    report_dir = tmp_path / "report"
+    rc = main(["evaluate", "--data", str(indexed), "--model", str(out), "--split", "valid",
+               "--out", str(report_dir), "--alerts", "--no-coverage", "--gallery", "2",
+               "--threshold", "0.3"])
+    assert rc == 0
+    model = json.loads((report_dir / "metrics.json").read_text())["models"][0]
+    alerts, alone = model["alerts"], model["at_threshold"]
+    assert alerts["frames"] == len(valid) and alerts["threshold"] == 0.3
+    assert alerts["tp"] <= alone["tp"] and alerts["fp"] <= alone["fp"]  # rules only remove
+    assert "through the edge pipeline" in (report_dir / "report.md").read_text()

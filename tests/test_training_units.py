@@ -207,6 +207,49 @@ def test_threshold_rules_choose_on_the_given_frames():
         choose_threshold(Y, P, "precision:0.9")
 
 
+def test_fp_budget_with_a_confidence_margin():
+    from training._metrics import poisson_upper
+
+    # Textbook one-sided 90 % upper limits of a Poisson mean (e.g. Gehrels 1986).
+    for count, upper in ((0, 2.303), (1, 3.890), (5, 9.275), (10, 15.407)):
+        assert poisson_upper(count, 0.9) == pytest.approx(upper, abs=2e-3)
+    rng = np.random.default_rng(5)
+    y = np.zeros(4000, bool)
+    y[:200] = True
+    p = np.where(y, rng.uniform(0.3, 1.0, 4000), rng.uniform(0.0, 1.0, 4000) ** 20)
+    plain, _ = choose_threshold(y, p, "fp:0.003")
+    margin, why = choose_threshold(y, p, "fp:0.003@0.9")
+    assert margin > plain  # the margin costs threshold...
+    fp = at_threshold(y, p, margin)["fp"]
+    assert poisson_upper(fp, 0.9) <= 0.003 * 4000 < poisson_upper(fp + 1, 0.9)
+    assert "90% confidence" in why
+    for bad in ("recall:0.9@0.9", "fp:0.003@0.3", "fp:0.003@x"):
+        with pytest.raises(ValueError):
+            choose_threshold(y, p, bad)
+
+
+def test_fp_margin_resamples_whole_nights_when_false_alarms_cluster():
+    from training._metrics import GRID, resampled_fp_rates
+
+    rng = np.random.default_rng(11)
+    nights = np.repeat(np.arange(14), 300)
+    y = rng.random(nights.size) < 0.07
+    p = np.where(y, rng.uniform(0.3, 1.0, nights.size), rng.uniform(0, 0.5, nights.size))
+    # Two nights of satellites: their false alarms score high, the other nights' do not.
+    busy = np.isin(nights, [3, 9]) & ~y & (rng.random(nights.size) < 0.03)
+    p[busy] = rng.uniform(0.6, 0.95, int(busy.sum()))
+    poisson, _ = choose_threshold(y, p, "fp:0.003@0.9")
+    nightly, why = choose_threshold(y, p, "fp:0.003@0.9", nights)
+    assert nightly > poisson  # the clustering widens the margin
+    assert "resamplings of the 14 nights" in why
+    rates = resampled_fp_rates(y, p, nights, 0.9)
+    k = GRID.index(nightly)
+    assert rates[k] <= 0.003 < rates[k - 1]  # the lowest threshold that keeps the budget
+    assert np.array_equal(rates, resampled_fp_rates(y, p, nights, 0.9))  # seeded: reruns agree
+    # A quantile of resampled rates: above the plain rate at the same threshold.
+    assert rates[k] >= at_threshold(y, p, nightly)["fp_frame_rate"]
+
+
 def test_recall_by_brightness_bins():
     peaks = np.array([4, 30, 30, 300, -1, -1, -1, -1, -1, -1], float)
     rows = recall_by_bins(Y, P, 0.5, peaks)

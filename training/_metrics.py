@@ -7,6 +7,7 @@ scored, so ``fp_per_1000`` is what an operator sees: false alerts per 1,000 fram
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -116,23 +117,36 @@ def pr_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
     return np.r_[0.0, recall], np.r_[1.0, precision], ap
 
 
-def choose_threshold(y, p, rule: str) -> tuple[float, str]:
+def choose_threshold(y, p, rule: str, groups=None) -> tuple[float, str]:
     """The recommended threshold on validation frames, by a named rule; returns (t, why).
 
     ``recall:R``  the highest threshold keeping meteor recall >= R (fewest false alarms that
                   still catch the wanted share of meteors);
     ``fp:F``      the lowest threshold with false positives <= F of all frames (most meteors
                   within an alarm budget);
+    ``fp:F@C``    the same with a margin for the next nights. With `groups` (each frame's
+                  night): in a share C of 2,000 resamplings of the nights (with replacement)
+                  the false positives stay within F of the frames; false alarms come in
+                  clusters (a night of satellites), so whole nights are what varies. Without:
+                  the one-sided upper confidence bound, at level C, of the false-positive count
+                  (Poisson). Validation nights are a sample: a threshold that just meets the
+                  budget there exceeds it on about half of the nights to come;
     ``fbeta:B``   the threshold maximising F-beta (B > 1 weighs recall more).
     """
     y, p = _arrays(y, p)
     if not y.any():
         raise ValueError("cannot choose a threshold: the validation frames hold no meteor")
     kind, _, value = rule.partition(":")
+    value, _, level = value.partition("@")
     try:
         target = float(value)
+        confidence = float(level) if level else None
     except ValueError:
-        raise ValueError(f"threshold rule {rule!r}: expected recall:R, fp:F or fbeta:B") from None
+        raise ValueError(f"threshold rule {rule!r}: expected recall:R, fp:F, fp:F@C or "
+                         "fbeta:B") from None
+    if confidence is not None and (kind != "fp" or not 0.5 <= confidence < 1.0):
+        raise ValueError(f"threshold rule {rule!r}: a confidence level (@C, 0.5 <= C < 1) "
+                         "goes with fp:F only")
     table = [at_threshold(y, p, t) for t in GRID]
     if kind == "recall":
         ok = [m for m in table if m["recall"] >= target]
@@ -142,6 +156,30 @@ def choose_threshold(y, p, rule: str) -> tuple[float, str]:
         return best["threshold"], (f"highest threshold with validation recall >= {target} "
                                    f"(recall {best['recall']:.3f}, "
                                    f"{best['fp_per_1000']:.1f} FP/1000 frames)")
+    if kind == "fp" and confidence is not None and groups is not None:
+        rates = resampled_fp_rates(y, p, groups, confidence)
+        ok = [(m, r) for m, r in zip(table, rates, strict=True) if r <= target]
+        if not ok:
+            return GRID[-1], (f"no threshold keeps false positives <= {target} in "
+                              f"{confidence:.0%} of night resamplings; highest grid value")
+        best, rate = min(ok, key=lambda mr: mr[0]["threshold"])
+        nights = len(set(np.asarray(groups).tolist()))
+        return best["threshold"], (
+            f"lowest threshold whose validation false positives ({best['fp']} of "
+            f"{best['frames']} frames) stay within {target:.2%} of frames in {confidence:.0%} "
+            f"of {RESAMPLINGS:,} resamplings of the {nights} nights ({rate:.2%} at that "
+            f"quantile; recall {best['recall']:.3f})")
+    if kind == "fp" and confidence is not None:
+        ok = [m for m in table if poisson_upper(m["fp"], confidence) <= target * m["frames"]]
+        if not ok:
+            return GRID[-1], (f"no threshold keeps false positives <= {target} at confidence "
+                              f"{confidence}; highest grid value")
+        best = min(ok, key=lambda m: m["threshold"])
+        return best["threshold"], (
+            f"lowest threshold whose validation false positives ({best['fp']} of "
+            f"{best['frames']} frames) stay within {target:.2%} of frames at {confidence:.0%} "
+            f"confidence (Poisson upper bound {poisson_upper(best['fp'], confidence):.1f}; "
+            f"recall {best['recall']:.3f})")
     if kind == "fp":
         ok = [m for m in table if m["fp_frame_rate"] <= target]
         if not ok:
@@ -158,7 +196,44 @@ def choose_threshold(y, p, rule: str) -> tuple[float, str]:
 
         best = max(table, key=lambda m: (fbeta(m), m["threshold"]))
         return best["threshold"], f"maximum validation F{target:g} ({fbeta(best):.3f})"
-    raise ValueError(f"threshold rule {rule!r}: expected recall:R, fp:F or fbeta:B")
+    raise ValueError(f"threshold rule {rule!r}: expected recall:R, fp:F, fp:F@C or fbeta:B")
+
+
+RESAMPLINGS = 2000
+
+
+def resampled_fp_rates(y, p, groups, confidence: float, seed: int = 0) -> np.ndarray:
+    """For each GRID threshold, the `confidence` quantile of the false-positive frame rate over
+    resamplings of the groups (nights) with replacement: a fixed seed, so a rerun agrees."""
+    y, p = _arrays(y, p)
+    keys, group = np.unique(np.asarray(groups), return_inverse=True)
+    if group.shape != y.shape:
+        raise ValueError(f"groups {group.shape} and labels {y.shape} differ in shape")
+    grid = np.asarray(GRID)
+    negative = ~y
+    # False positives of each night at each threshold, and each night's frame count.
+    fp = np.stack([np.bincount(group, weights=negative & (p >= t), minlength=len(keys))
+                   for t in grid], axis=1)
+    frames = np.bincount(group, minlength=len(keys)).astype(float)
+    draws = np.random.default_rng(seed).integers(0, len(keys), (RESAMPLINGS, len(keys)))
+    rates = fp[draws].sum(axis=1) / frames[draws].sum(axis=1)[:, None]
+    return np.quantile(rates, confidence, axis=0)
+
+
+def poisson_upper(count: int, confidence: float) -> float:
+    """The one-sided upper confidence bound on a Poisson mean having seen `count` events: the
+    mean under which seeing `count` or fewer has probability 1 - confidence (bisection)."""
+
+    def cdf(mean: float) -> float:  # P(X <= count), summed in log space
+        terms = [k * math.log(mean) - mean - math.lgamma(k + 1) for k in range(count + 1)]
+        top = max(terms)
+        return math.exp(top) * sum(math.exp(t - top) for t in terms)
+
+    lo, hi = float(count), float(count) + 10.0 * math.sqrt(count + 1) + 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 1 - confidence else (lo, mid)
+    return hi
 
 
 def recall_by_bins(y, p, threshold: float, values, edges=PEAK_EDGES) -> list[dict[str, Any]]:

@@ -10,8 +10,9 @@ This step runs the edge's own pipeline (decode, preprocess, the bundle's model, 
 suppression with its learned mask; `edge.scan`) over the *whole* frame sequence of every
 validation night, and scores each labelled frame as the Pi would alert on it: its model score
 where the pipeline would alert, 0 where a rule suppressed it. The threshold rule (``fp:F``:
-the lowest threshold whose non-meteor alerts stay within F of all frames) is applied to those
-alert scores, and the bundle's manifest gets the threshold, the rule and the measured numbers.
+the lowest threshold whose non-meteor alerts stay within F of all frames; ``fp:F@C`` the same at
+confidence C, a margin for the nights to come) is applied to those alert scores, and the
+bundle's manifest gets the threshold, the rule and the measured numbers.
 
 The suppression verdicts are taken from one run at threshold 0, where every frame is a
 candidate (a rule's verdict on a frame does not depend on the threshold, except that a
@@ -72,7 +73,7 @@ def run_pipeline(bundle: Path, nights: list[Path], threshold: float,
     return out
 
 
-def _results_for(rows, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def results_for(rows, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The pipeline's result for each index row, in row order."""
     missing = [p for p in rows["frame"] if str(p) not in results]
     if missing:
@@ -93,7 +94,7 @@ def alert_scores(rows, results: dict[str, dict[str, Any]],
 
     below = _rescore_below(rescore_below)
     return np.asarray([alert_score(r["score"], r["suppressed"], r.get("second_look"), below)
-                       for r in _results_for(rows, results)], dtype=np.float64)
+                       for r in results_for(rows, results)], dtype=np.float64)
 
 
 def _rescore_below(value: float | None) -> float:
@@ -169,22 +170,32 @@ def breakdown(rows, classifier: np.ndarray, alerted: np.ndarray, threshold: floa
 
 
 def choose(args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
     from edge.bundle import MANIFEST_NAME, load_bundle
 
     bundle = load_bundle(args.bundle)
-    df, _ = load_index(args.data)
-    if "frame" not in df.columns:
-        raise TrainingError(f"{args.data}: the index has no frame paths")
-    valid, test = df[df["split"] == "valid"], df[df["split"] == "test"]
+    indexes = [load_index(path)[0] for path in args.data]
+    for path, index in zip(args.data, indexes, strict=True):
+        if "frame" not in index.columns:
+            raise TrainingError(f"{path}: the index has no frame paths")
+    # More indexes add validation nights (e.g. nights labelled for the threshold alone, indexed
+    # with --all-in valid); the test nights are the first index's.
+    df = indexes[0]
+    valid = pd.concat([index[index["split"] == "valid"] for index in indexes],
+                      ignore_index=True)
+    test = df[df["split"] == "test"]
+    if valid["frame"].duplicated().any():
+        raise TrainingError("the same validation frame is in two --data indexes")
     if valid.empty or not (valid["label"] == METEOR).any():
         raise TrainingError("the validation nights hold no meteor: cannot choose a threshold")
 
     log.info("validation nights through the pipeline (threshold 0: every frame a candidate)")
     v_results = run_pipeline(bundle.root, night_folders(valid), 0.0, args.threads)
     yv = (valid["label"] == METEOR).to_numpy()
-    classifier_v = np.asarray([r["score"] for r in _results_for(valid, v_results)])
+    classifier_v = np.asarray([r["score"] for r in results_for(valid, v_results)])
     pipeline_v = alert_scores(valid, v_results)
-    threshold, why = choose_threshold(yv, pipeline_v, args.rule)
+    threshold, why = choose_threshold(yv, pipeline_v, args.rule, valid["night"].to_numpy())
     log.info("alert threshold %.3f: %s", threshold, why)
     report: dict[str, Any] = {
         "rule": args.rule, "threshold": threshold, "why": why,
@@ -204,7 +215,7 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
                  threshold)
         t_results = run_pipeline(bundle.root, night_folders(test), threshold, args.threads)
         yt = (test["label"] == METEOR).to_numpy()
-        per_row = _results_for(test, t_results)
+        per_row = results_for(test, t_results)
         classifier_t = np.asarray([r["score"] for r in per_row])
         alerts_t = np.asarray([float(r["alert"]) for r in per_row])
         report["test"] = {
@@ -237,11 +248,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="the `guaita dataset index` output the model was trained on")
-    parser.add_argument("--rule", default="fp:0.003",
-                        help="threshold rule on validation alert scores (default fp:0.003: "
-                             "at most 3 false alerts per 1,000 frames)")
+    parser.add_argument("--data", type=Path, required=True, action="append",
+                        help="the `guaita dataset index` output the model was trained on; "
+                             "repeat to add the validation nights of other indexes (a more "
+                             "reliable threshold: false alerts cluster by night)")
+    parser.add_argument("--rule", default="fp:0.003@0.9",
+                        help="threshold rule on validation alert scores (default fp:0.003@0.9: "
+                             "at most 3 false alerts per 1,000 frames at 90 %% confidence; "
+                             "fp:0.003 without the margin)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-test", action="store_true", help="skip the test-night run")
     parser.add_argument("--dry-run", action="store_true", help="report, leave the bundle as is")

@@ -45,6 +45,7 @@ from training._metrics import (
     TARGET_FP_PER_1000,
     at_threshold,
     best_within,
+    headline,
     per_class,
     pr_curve,
     recall_by_bins,
@@ -120,13 +121,40 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
         for i in range(0, len(paths), 64):
             images = [load_input(p, channels) for p in paths[i : i + 64]]
             probs.extend(scorer.score_inputs(images).tolist())
+        stage = man.trail_stage
+        if stage is not None:
+            # The trail stage reads the frames themselves: only for the model's candidates.
+            mask = read_gray(mask_path) if mask_path else None
+            from tqdm import tqdm
+
+            picked = [i for i, p in enumerate(probs) if p >= stage.min_score]
+            for i in tqdm(picked, desc="trail stage", unit="frame", disable=None):
+                row = df.iloc[i]
+                probs[i] = scorer.staged(probs[i], read_gray(row["previous"]),
+                                         read_gray(row["frame"]), mask)
     t = man.recommended_threshold if threshold is None else threshold
     info = {"path": str(path), "bundle": scorer.bundle.label, "from_frames": from_frames,
-            "recommended_threshold": man.recommended_threshold}
+            "recommended_threshold": man.recommended_threshold,
+            "trail_stage": man.trail_stage is not None}
     return Scored(f"onnx:{scorer.bundle.label}", "onnx", t, np.asarray(probs), info=info)
 
 
 # ---------------------------------------------------------------- analysis
+
+
+def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
+                    threads: int) -> dict[str, Any]:
+    """The split's nights, every frame, through the edge pipeline at `threshold` as the Pi runs
+    them (suppression rules, learned mask): recall and false alerts of its alerts."""
+    from training.alert_threshold import night_folders, results_for, run_pipeline
+
+    if "frame" not in df.columns:
+        raise TrainingError("--alerts needs the index's frame paths")
+    log.info("%s: the %s nights through the edge pipeline at threshold %.3f", bundle,
+             df["split"].iloc[0], threshold)
+    found = results_for(df, run_pipeline(bundle, night_folders(df), threshold, threads))
+    alerted = np.asarray([float(r["alert"]) for r in found])
+    return {**headline(at_threshold(y, alerted, 0.5)), "threshold": threshold}
 
 
 def _truthy(column) -> np.ndarray:
@@ -468,6 +496,7 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
     r.para(f"{len(df)} frames from {len(nights)} nights ({', '.join(nights)}): "
            f"{int(y.sum())} meteor, {int((~y).sum())} no-meteor. Preprocessing "
            f"{dmeta['preprocessing']['id']} at {dmeta['preprocessing']['size']} px.")
+    with_alerts = [m for m in results if m.get("alerts")]
     r.heading("Summary at each model's threshold")
     r.table(["model", "threshold", "precision", "recall", "F1", "FP", "FP/1000 frames",
              "ROC AUC", "AP"],
@@ -475,6 +504,13 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
               m["at_threshold"]["recall"], m["at_threshold"]["f1"], m["at_threshold"]["fp"],
               m["at_threshold"]["fp_per_1000"], m["roc_auc"], m["average_precision"]]
              for m in results])
+    if with_alerts:
+        r.heading("Alerts: through the edge pipeline, as the Pi runs the nights", 3)
+        r.table(["model", "threshold", "recall (model)", "FP/1000 (model)", "recall (alerts)",
+                 "false alerts/1000"],
+                [[m["name"], m["threshold"], m["at_threshold"]["recall"],
+                  m["at_threshold"]["fp_per_1000"], m["alerts"]["recall"],
+                  m["alerts"]["fp_per_1000"]] for m in with_alerts])
     for name in figures["curves"]:
         r.image(name, name.removesuffix(".png"))
     if coverage and coverage["meteors"]:
@@ -548,6 +584,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     results = [model_metrics(df, y, s) for s in scored]
+    if args.alerts:
+        for s, m in zip(scored, results, strict=True):
+            if s.kind == "onnx":
+                m["alerts"] = pipeline_alerts(Path(s.info["path"]), df, y, s.threshold,
+                                              args.threads or 1)
     figures: dict[str, Any] = {"curves": plot_curves(y, scored, out), "galleries": {}}
     for k, s in enumerate(scored):
         name = f"top-losses-{k}.png"
@@ -600,6 +641,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-coverage", dest="coverage", action="store_false",
                         help="skip the candidate-window recall ceiling (m1 only; it decodes "
                              "every meteor frame pair again)")
+    parser.add_argument("--alerts", action="store_true",
+                        help="bundles: also run the split's nights through the edge pipeline "
+                             "(suppression rules) at the threshold and count the alerts")
     parser.add_argument("--progress", action="store_true", help="progress bar for the coverage")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime CPU threads")
 

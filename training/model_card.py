@@ -73,7 +73,7 @@ def by_condition_table(by: dict[str, Any] | None) -> list[str]:
                      "aircraft frames quiet"], rows)]
 
 
-def alerts_section(alerts: dict[str, Any] | None) -> list[str]:
+def alerts_section(alerts: dict[str, Any] | None, alone: str = "model alone") -> list[str]:
     """What the Pi would alert on: `guaita alert-threshold`'s pipeline runs, if it was run."""
     if not alerts:
         return []
@@ -88,7 +88,7 @@ def alerts_section(alerts: dict[str, Any] | None) -> list[str]:
         lines += [f"Test nights ({c['frames']} frames, {c['meteors']} meteor frames) run as the "
                   f"Pi runs them, threshold {alerts['threshold']:g}:", ""]
         lines += _table(["", "meteor recall", "false positives / 1,000 frames"],
-                        [["model alone", c["recall"], c["fp_per_1000"]],
+                        [[alone, c["recall"], c["fp_per_1000"]],
                          ["model + suppression (alerts)", p["recall"], p["fp_per_1000"]]])
         shares = test.get("suppressed_over_threshold", {})
         if shares:
@@ -107,6 +107,36 @@ def alerts_section(alerts: dict[str, Any] | None) -> list[str]:
                         [[r["threshold"], r["classifier"]["recall"],
                           r["classifier"]["fp_per_1000"], r["pipeline"]["recall"],
                           r["pipeline"]["fp_per_1000"]] for r in sweep])
+        lines.append("")
+    return lines
+
+
+def trail_stage_section(stage, gain: dict[str, Any] | None) -> list[str]:
+    """What the bundle's trail stage is, what it was fitted on, what it gained on validation."""
+    if stage is None:
+        return []
+    fitted = stage.fitted_on or {}
+    weights = ", ".join(f"{name} {c:+.2f}" for name, c in zip(stage.features, stage.coef,
+                                                                strict=True))
+    lines = ["## Trail stage", "",
+             f"Frames the network scores at least {stage.min_score:g} are re-scored by a "
+             "logistic regression on the network's score, the number of streaks and the "
+             "strongest streak's light profile (`edge/trail_stage.py`): the bundle's score is "
+             f"then {stage.min_score:g} + {1 - stage.min_score:g} × its probability, so every "
+             "figure on this card (except int8 against fp32, the network alone) and the "
+             f"threshold are for that score. Fitted on {fitted.get('candidates', '?')} "
+             f"candidates of the training nights ({fitted.get('meteors', '?')} meteor frames, "
+             f"{fitted.get('nights', '?')} nights). Standardised weights: {weights}.", ""]
+    if gain:
+        keys = sorted(gain["model_alone"], key=lambda k: float(k.split("_")[2]))
+        lines += [f"Validation nights ({gain['frames']} frames, {gain['meteors']} meteor frames, "
+                  f"{gain['candidates']} candidates), best recall within the false-positive "
+                  "budget:", ""]
+        lines += _table(["score", *[k.replace("recall_within_", "≤ ").replace("_per_1000",
+                                                                           " / 1,000")
+                                    for k in keys]],
+                        [["network alone", *[gain["model_alone"][k] for k in keys]],
+                         ["with the trail stage", *[gain["staged"][k] for k in keys]]])
         lines.append("")
     return lines
 
@@ -167,12 +197,16 @@ def render(bundle_dir: Path, reports: dict[str, Path],
     loaded = {name: json.loads((folder / "metrics.json").read_text())
               for name, folder in reports.items()}
     if loaded:
+        scored = ("the bundle's score (network and trail stage)" if m.trail_stage
+                  else "model alone")
         lines += ["**Status against the project's target** (recall ≥ "
                   f"{TARGET_RECALL} at ≤ {TARGET_FP_PER_1000:g} false-positive frames per "
-                  "1,000, model alone, before the daemon's suppression rules):", ""]
+                  f"1,000, {scored}, before the daemon's suppression rules):", ""]
         lines += [f"- {verdict(name, metrics)}" for name, metrics in loaded.items()]
         lines.append("")
-    lines += alerts_section(m.metrics.get("alerts"))
+    lines += alerts_section(m.metrics.get("alerts"), "network and trail stage, no rules"
+                            if m.trail_stage else "model alone")
+    lines += trail_stage_section(m.trail_stage, m.metrics.get("trail_stage_valid"))
     lines += ["## Data", ""]
     source = data.get("source", {})
     lines.append(f"Source: {source.get('kind', '?')}, {len(source.get('path', []))} simulated "
@@ -197,6 +231,12 @@ def render(bundle_dir: Path, reports: dict[str, Path],
                      f"**{a['fp_per_1000']:.1f} false-positive frames per 1,000**; "
                      f"ROC AUC {b['roc_auc']:.4f}, average precision "
                      f"{b['average_precision']:.4f}.")
+        if b.get("alerts"):
+            al = b["alerts"]
+            lines += ["", f"Through the daemon's pipeline (suppression rules on) at "
+                      f"{al['threshold']:g}, as the Pi runs these nights: alert recall "
+                      f"**{al['recall']:.3f}**, **{al['fp_per_1000']:.1f} false alerts per "
+                      f"1,000 frames** ({al['fp']} of {al['frames']})."]
         lines.append("")
         shown = [s for s in b["sweep"] if round(s["threshold"], 3) in SWEEP_SHOWN
                  or abs(s["threshold"] - b["threshold"]) < 1e-9]
@@ -221,7 +261,7 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         lines.append("")
     parity = m.metrics.get("parity", {})
     if parity:
-        lines += ["## int8 against fp32", ""]
+        lines += ["## int8 against fp32 (the network alone)", ""]
         rows = []
         for key, v in parity.get("models", {}).items():
             rows.append([key, v.get("recall"), v.get("fp_per_1000")])
@@ -239,7 +279,9 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         "- Simulated training data: real optics, compression, overlays and weather differ. "
         "Measure on your own nights first (`docs/training.md`, step 5).",
         "- A satellite crossing a single frame looks like a meteor to a per-frame classifier; "
-        "the daemon's suppression rules (`docs/suppression.md`) look at the neighbouring frames.",
+        "the daemon's suppression rules (`docs/suppression.md`) look at the neighbouring frames"
+        + (", and the trail stage at the light along the trail, whose light curves here are "
+           "the simulator's (check it on labelled real nights)." if m.trail_stage else "."),
         "- Meteors fainter than the training cut (above) were never shown to the model as "
         "positives; the recall-by-brightness table says how it fares on them.",
         "",
@@ -253,6 +295,8 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         f"models/{m.name} --epochs 10 --freeze-epochs 1",
         "guaita export --model ~/guaita-work/model --out ~/guaita-work/bundle --name my-site "
         "--version 1.0.0",
+        "guaita trail-stage --data ~/guaita-work/data --bundle ~/guaita-work/bundle "
+        "--out ~/guaita-work/bundle",
         "guaita alert-threshold --bundle ~/guaita-work/bundle --data ~/guaita-work/data",
         "guaita evaluate --data ~/guaita-work/data --model ~/guaita-work/bundle "
         "--out ~/guaita-work/report",

@@ -1,6 +1,8 @@
 """Measure a second stage that reads the whole trail (docs/training.md, "The next lever").
 
-Not a product path yet: nothing here ships to the Pi. On an index's validation and test nights,
+The measurement behind the shipped stage (`guaita trail-stage`, edge/trail_stage.py: logistic
+regression on the "profile" features, fitted on the training nights); it also compares other
+classifiers and feature sets. On an index's validation and test nights,
 every frame the bundle scores at least --min-score is a candidate; its strongest streak's light
 profile (`DiffAnalysis.steadiness`, the decider's streak parameters) and the model's score feed a
 small classifier trained on one split's candidates and scored on the other's (or, with
@@ -23,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.trail_stage import PROFILE as SHAPE  # the shipped stage's profile
 from training._common import METEOR, load_index, write_json
 from training._metrics import best_within
 
-SHAPE = ("box", "variation", "end_light", "end_bright", "end_imbalance", "middle", "peak_offset")
 GEOMETRY = ("log_peak", "log_snr", "log_length", "width")
 FEATURE_SETS = {
     "profile": ("score", "streaks", *SHAPE),
@@ -134,13 +136,13 @@ def alert_level(df, tables: dict[str, dict[str, Any]], bundle: Path, min_score: 
     suppressed it); the threshold chosen on validation by the shipped rule, fp:0.003."""
     from edge.decide import alert_score
     from training._metrics import at_threshold, choose_threshold
-    from training.alert_threshold import _rescore_below, _results_for, night_folders, run_pipeline
+    from training.alert_threshold import _rescore_below, night_folders, results_for, run_pipeline
 
     below = _rescore_below(None)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for split in ("valid", "test"):
         rows = df[df["split"] == split].reset_index(drop=True)
-        found = _results_for(rows, run_pipeline(bundle, night_folders(rows), 0.0, threads))
+        found = results_for(rows, run_pipeline(bundle, night_folders(rows), 0.0, threads))
         table = candidate_table(rows, np.array([r["score"] for r in found]), min_score, params)
         fit = tables["train" if fit_on == "train" else ("test" if split == "valid" else "valid")]
         stage = staged(classifiers()["gradient boosting"], FEATURE_SETS["profile"], fit, table,
