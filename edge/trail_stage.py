@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.streaks import StreakParams
+from edge.streaks import DiffAnalysis, StreakParams, TrailLight
 
 # The light-profile fields of `TrailLight` the stage may use.
 PROFILE = ("box", "variation", "end_light", "end_bright", "end_imbalance", "middle", "peak_offset")
@@ -31,18 +31,22 @@ class TrailStageError(ValueError):
     """A trail stage in a manifest that cannot be used."""
 
 
+def profile_features(streaks: int, light: TrailLight | None) -> dict[str, float]:
+    """The frame's streak count and its strongest streak's light profile (None: no streak,
+    NaN)."""
+    row = {"streaks": float(streaks)}
+    if light is None:
+        return row | {name: math.nan for name in PROFILE}
+    return row | {name: float(getattr(light, name)) for name in PROFILE}
+
+
 def trail_features(difference: np.ndarray, score: float,
                    params: StreakParams) -> dict[str, float]:
     """The stage's inputs for one positive difference image; NaN where no streak is found."""
-    from edge.streaks import DiffAnalysis
-
     analysis = DiffAnalysis(difference, params)
     streaks = analysis.streaks
-    row = {"score": float(score), "streaks": float(len(streaks))}
-    if not streaks:
-        return row | {name: math.nan for name in PROFILE}
-    light = analysis.steadiness(streaks[0])
-    return row | {name: float(getattr(light, name)) for name in PROFILE}
+    light = analysis.steadiness(streaks[0]) if streaks else None
+    return {"score": float(score)} | profile_features(len(streaks), light)
 
 
 @dataclass(frozen=True)

@@ -156,30 +156,30 @@ def choose_threshold(y, p, rule: str, groups=None) -> tuple[float, str]:
         return best["threshold"], (f"highest threshold with validation recall >= {target} "
                                    f"(recall {best['recall']:.3f}, "
                                    f"{best['fp_per_1000']:.1f} FP/1000 frames)")
-    if kind == "fp" and confidence is not None and groups is not None:
-        rates = resampled_fp_rates(y, p, groups, confidence)
-        ok = [(m, r) for m, r in zip(table, rates, strict=True) if r <= target]
-        if not ok:
-            return GRID[-1], (f"no threshold keeps false positives <= {target} in "
-                              f"{confidence:.0%} of night resamplings; highest grid value")
-        best, rate = min(ok, key=lambda mr: mr[0]["threshold"])
-        nights = len(set(np.asarray(groups).tolist()))
-        return best["threshold"], (
-            f"lowest threshold whose validation false positives ({best['fp']} of "
-            f"{best['frames']} frames) stay within {target:.2%} of frames in {confidence:.0%} "
-            f"of {RESAMPLINGS:,} resamplings of the {nights} nights ({rate:.2%} at that "
-            f"quantile; recall {best['recall']:.3f})")
     if kind == "fp" and confidence is not None:
-        ok = [m for m in table if poisson_upper(m["fp"], confidence) <= target * m["frames"]]
+        if groups is not None:
+            rates = resampled_fp_rates(y, p, groups, confidence)
+            nights = len(set(np.asarray(groups).tolist()))
+            within = [r <= target for r in rates]
+            margin = f"in {confidence:.0%} of {RESAMPLINGS:,} resamplings of the {nights} nights"
+            notes = [f"{r:.2%} at that quantile" for r in rates]
+            unmet = f"in {confidence:.0%} of night resamplings"
+        else:
+            uppers = [poisson_upper(m["fp"], confidence) for m in table]
+            within = [u <= target * m["frames"] for u, m in zip(uppers, table, strict=True)]
+            margin = f"at {confidence:.0%} confidence"
+            notes = [f"Poisson upper bound {u:.1f}" for u in uppers]
+            unmet = f"at confidence {confidence}"
+        ok = [i for i, keeps in enumerate(within) if keeps]
         if not ok:
-            return GRID[-1], (f"no threshold keeps false positives <= {target} at confidence "
-                              f"{confidence}; highest grid value")
-        best = min(ok, key=lambda m: m["threshold"])
+            return GRID[-1], (f"no threshold keeps false positives <= {target} {unmet}; "
+                              "highest grid value")
+        i = min(ok, key=lambda k: table[k]["threshold"])
+        best = table[i]
         return best["threshold"], (
             f"lowest threshold whose validation false positives ({best['fp']} of "
-            f"{best['frames']} frames) stay within {target:.2%} of frames at {confidence:.0%} "
-            f"confidence (Poisson upper bound {poisson_upper(best['fp'], confidence):.1f}; "
-            f"recall {best['recall']:.3f})")
+            f"{best['frames']} frames) stay within {target:.2%} of frames {margin} "
+            f"({notes[i]}; recall {best['recall']:.3f})")
     if kind == "fp":
         ok = [m for m in table if m["fp_frame_rate"] <= target]
         if not ok:

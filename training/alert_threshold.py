@@ -82,6 +82,19 @@ def results_for(rows, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     return [results[str(p)] for p in rows["frame"]]
 
 
+def alerts_at(bundle: Path, rows, threshold: float,
+              threads: int = 1) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+    """The rows' nights through the pipeline at `threshold`, exactly as the Pi runs them: the
+    results by frame, and per row 1.0 where it alerted, else 0.0."""
+    results = run_pipeline(bundle, night_folders(rows), threshold, threads)
+    return results, np.asarray([float(r["alert"]) for r in results_for(rows, results)])
+
+
+def alerts_headline(y: np.ndarray, alerted: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Recall and false alerts of `alerts_at`'s verdicts (already decided at `threshold`)."""
+    return {**headline(at_threshold(y, alerted, 0.5)), "threshold": threshold}
+
+
 def alert_scores(rows, results: dict[str, dict[str, Any]],
                  rescore_below: float | None = None) -> np.ndarray:
     """Per index row: the model score where the pipeline would not suppress it, else 0.
@@ -213,14 +226,12 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
     if not test.empty and not args.no_test:
         log.info("test nights through the pipeline at threshold %.3f, as the Pi runs them",
                  threshold)
-        t_results = run_pipeline(bundle.root, night_folders(test), threshold, args.threads)
+        t_results, alerts_t = alerts_at(bundle.root, test, threshold, args.threads)
         yt = (test["label"] == METEOR).to_numpy()
-        per_row = results_for(test, t_results)
-        classifier_t = np.asarray([r["score"] for r in per_row])
-        alerts_t = np.asarray([float(r["alert"]) for r in per_row])
+        classifier_t = np.asarray([r["score"] for r in results_for(test, t_results)])
         report["test"] = {
             "classifier": headline(at_threshold(yt, classifier_t, threshold)),
-            "pipeline": {**headline(at_threshold(yt, alerts_t, 0.5)), "threshold": threshold},
+            "pipeline": alerts_headline(yt, alerts_t, threshold),
             "suppressed_over_threshold": _suppressed_shares(test, t_results, threshold),
             "by_condition": breakdown(test, classifier_t, alerts_t > 0.5, threshold),
         }

@@ -45,7 +45,6 @@ from training._metrics import (
     TARGET_FP_PER_1000,
     at_threshold,
     best_within,
-    headline,
     per_class,
     pr_curve,
     recall_by_bins,
@@ -100,6 +99,14 @@ def score_learner(path: Path, df, threshold: float | None) -> Scored:
                   preds[:, meteor].numpy(), learner=learn, info=info)
 
 
+def score_cached(scorer, paths: list[str], channels: int) -> np.ndarray:
+    """The network's probabilities (no trail stage) on an index's cached model inputs."""
+    out: list[float] = []
+    for i in range(0, len(paths), 64):
+        out.extend(scorer.score_inputs([load_input(p, channels) for p in paths[i : i + 64]]))
+    return np.asarray(out, dtype=float)
+
+
 def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_path: str | None,
                  from_frames: bool, threads: int) -> Scored:
     from edge.model import open_scorer
@@ -117,10 +124,7 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
         for prev, cur in zip(df["previous"], df["frame"], strict=True):
             probs.append(scorer.score(read_gray(prev), read_gray(cur), mask))
     else:
-        paths = list(df["path"])
-        for i in range(0, len(paths), 64):
-            images = [load_input(p, channels) for p in paths[i : i + 64]]
-            probs.extend(scorer.score_inputs(images).tolist())
+        probs = score_cached(scorer, list(df["path"]), channels).tolist()
         stage = man.trail_stage
         if stage is not None:
             # The trail stage reads the frames themselves: only for the model's candidates.
@@ -146,15 +150,13 @@ def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
                     threads: int) -> dict[str, Any]:
     """The split's nights, every frame, through the edge pipeline at `threshold` as the Pi runs
     them (suppression rules, learned mask): recall and false alerts of its alerts."""
-    from training.alert_threshold import night_folders, results_for, run_pipeline
+    from training.alert_threshold import alerts_at, alerts_headline
 
     if "frame" not in df.columns:
         raise TrainingError("--alerts needs the index's frame paths")
     log.info("%s: the %s nights through the edge pipeline at threshold %.3f", bundle,
              df["split"].iloc[0], threshold)
-    found = results_for(df, run_pipeline(bundle, night_folders(df), threshold, threads))
-    alerted = np.asarray([float(r["alert"]) for r in found])
-    return {**headline(at_threshold(y, alerted, 0.5)), "threshold": threshold}
+    return alerts_headline(y, alerts_at(bundle, df, threshold, threads)[1], threshold)
 
 
 def _truthy(column) -> np.ndarray:

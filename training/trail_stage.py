@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from training._common import METEOR, TrainingError, load_index, load_input
+from training._common import METEOR, TrainingError, load_index
 from training._metrics import best_within
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,6 @@ def fit_stage(rows: list[dict[str, float]], labels: np.ndarray, min_score: float
                       min_score=min_score, streak_params=params, fitted_on=fitted_on)
 
 
-def model_scores(scorer, rows, channels: int) -> np.ndarray:
-    """The network's probabilities on an index's cached model inputs (no stage)."""
-    paths = list(rows["path"])
-    out: list[float] = []
-    for i in range(0, len(paths), 64):
-        out.extend(scorer.score_inputs([load_input(p, channels) for p in paths[i: i + 64]]))
-    return np.asarray(out, dtype=float)
-
-
 def candidate_rows(rows, scores: np.ndarray, min_score: float, params, mask, desc: str,
                    progress: bool) -> tuple[np.ndarray, list[dict[str, float]]]:
     """The candidates' positions in `rows` and their stage inputs, read from the frames."""
@@ -117,6 +108,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     from edge.model import open_scorer
     from edge.preprocess import PreprocessSpec, read_gray
     from edge.trail_stage import FEATURES
+    from training.evaluate import score_cached
 
     bundle = load_bundle(args.bundle)
     df, meta = load_index(args.data)
@@ -136,7 +128,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         rows = df[df["split"] == split].reset_index(drop=True)
         if rows.empty:
             raise TrainingError(f"{args.data}: no {split} frames")
-        scores = model_scores(scorer, rows, spec.channels)
+        scores = score_cached(scorer, list(rows["path"]), spec.channels)
         picked, features = candidate_rows(rows, scores, args.min_score, params, mask,
                                           f"{split} candidates", args.progress)
         splits[split] = (rows, scores, picked, features)

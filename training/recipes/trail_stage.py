@@ -39,18 +39,18 @@ BUDGETS = (3.0, 10.0)
 
 
 def candidate_features(frame: str, previous: str, params) -> dict[str, float]:
-    """The strongest streak's light profile in a frame pair; NaN where no streak is found."""
+    """The shipped stage's profile inputs of a frame pair, and its strongest streak's geometry;
+    NaN where no streak is found."""
     from edge.preprocess import positive_difference, read_gray
     from edge.streaks import DiffAnalysis
+    from edge.trail_stage import profile_features
 
     analysis = DiffAnalysis(positive_difference(read_gray(previous), read_gray(frame)), params)
     streaks = analysis.streaks
-    row = {"streaks": float(len(streaks))}
     if not streaks:
-        return row | {name: math.nan for name in (*SHAPE, *GEOMETRY)}
-    streak = streaks[0]
-    light = analysis.steadiness(streak)
-    return row | {name: float(getattr(light, name)) for name in SHAPE} | {
+        return profile_features(0, None) | {name: math.nan for name in GEOMETRY}
+    streak, light = streaks[0], analysis.steadiness(streaks[0])
+    return profile_features(len(streaks), light) | {
         "log_peak": math.log(max(streak.peak, 1.0)), "log_snr": math.log(max(light.snr, 0.1)),
         "log_length": math.log(max(streak.length_px, 1.0)), "width": streak.width_px}
 
