@@ -64,6 +64,27 @@ def candidate_table(rows, score: np.ndarray, min_score: float, params) -> dict[s
             "picked": picked, "features": features}
 
 
+def network_only(bundle: Path) -> Path:
+    """The bundle itself, or where it carries a trail stage (2.1.0 on), a temporary copy without
+    it: the stage measured here re-scores the network's own scores, never a staged score."""
+    import json
+    import shutil
+    import tempfile
+
+    from edge.bundle import MANIFEST_NAME, MODEL_NAME, load_bundle
+
+    root = load_bundle(bundle).root
+    data = json.loads((root / MANIFEST_NAME).read_text())
+    if data.pop("trail_stage", None) is None:
+        return bundle
+    copy = Path(tempfile.mkdtemp(prefix="guaita-network-only-"))
+    shutil.copy(root / MODEL_NAME, copy / MODEL_NAME)
+    (copy / MANIFEST_NAME).write_text(json.dumps(data))
+    load_bundle(copy)
+    print(f"{bundle} carries a trail stage: measuring its network alone ({copy})")
+    return copy
+
+
 def split_table(df, split: str, bundle: Path, channels: int, min_score: float, params,
                 threads: int) -> dict[str, Any]:
     """A split scored by the bundle on its cached model inputs (as `guaita evaluate` does)."""
@@ -186,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     channels = PreprocessSpec.from_dict(meta["preprocessing"]).channels
     params = Decider().params
     splits = ("valid", "test", "train") if args.fit_on == "train" else ("valid", "test")
-    tables = {split: split_table(df, split, args.bundle, channels, args.min_score, params,
+    bundle = network_only(args.bundle)
+    tables = {split: split_table(df, split, bundle, channels, args.min_score, params,
                                  args.threads) for split in splits}
     results = measure(tables, args.min_score, args.fit_on)
     print("| stage | features | test: <= 3 FP / 1,000, <= 10 | validation: <= 3, <= 10 |")
@@ -196,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['stage']} | {r['features']} | {cells[0]} | {cells[1]} |")
     alerts = None
     if args.alerts:
-        alerts = alert_level(df, tables, args.bundle, args.min_score, args.fit_on, params,
+        alerts = alert_level(df, tables, bundle, args.min_score, args.fit_on, params,
                              args.threads)
         print("| alerts | threshold (fp:0.003 on validation) | test: recall, false alerts / 1,000 "
               "| validation | test: best <= 3, <= 10 | validation: best <= 3, <= 10 |")
