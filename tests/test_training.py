@@ -23,6 +23,7 @@ from edge.bundle import load_bundle
 from edge.cli import main
 from edge.preprocess import Preprocessor, PreprocessSpec, read_gray
 from training._common import load_index, load_input
+from training.evaluate import MISS_CAUSES
 
 pytestmark = pytest.mark.slow
 THREADS = "2"
@@ -246,6 +247,16 @@ def test_evaluate_report_holds_the_metrics(report: Path):
     assert coverage["windows_shown"] == 16 and coverage["meteors"] == metrics["meteors"] > 0
     shares = [coverage["covered"][str(n)] for n in coverage["counts"]]
     assert shares == sorted(shares) and 0 < shares[-1] <= 1  # more windows never hold fewer
+    # Where the meteors are lost at the model's threshold: each one once, under one reason.
+    uncovered = round(coverage["meteors"] * (1 - coverage["covered"]["16"]))
+    for m in metrics["models"]:
+        every = m["missed"]["at_threshold"]["rows"][0]
+        assert every["bin"] == "all" and every["meteors"] == metrics["meteors"]
+        assert every["detected"] == m["at_threshold"]["tp"]
+        assert every["detected"] + sum(every[c] for c in MISS_CAUSES) == every["meteors"]
+        assert every["under_stage_floor"] == 0  # neither model has a trail stage
+        assert every["outside_windows"] <= uncovered
+    assert "Where the meteors are lost" in text
     from PIL import Image
 
     for name in ("roc.png", "pr.png", "confusion.png", "top-losses-0.png", "top-losses-1.png",
@@ -452,6 +463,11 @@ def test_trail_stage_bundle_scores_the_same_in_evaluation_and_on_the_pi(bundle: 
     assert np.allclose(cached, on_pi, atol=1e-5)
     plain = score_bundle(bundle, rows, None, 3, None, False, 1).probs
     assert not np.allclose(cached, plain)  # the stage did re-score them
+    # The network's own score is kept beside the staged one, from frames as from the cache.
+    from_frames = score_bundle(out, rows, None, 3, None, True, 1)
+    assert np.allclose(from_frames.probs, cached, atol=1e-5)
+    assert np.allclose(from_frames.network, plain, atol=1e-5)
+    assert score_bundle(bundle, rows, None, 3, None, True, 1).network is None
     assert np.all(cached >= 0.0)
     # ...and `evaluate --alerts` runs those nights through the Pi's pipeline at the threshold.
     report_dir = tmp_path / "report"

@@ -455,3 +455,36 @@ def test_model_card_tells_the_whole_lineage_and_the_mining():
     assert "855 of 17747" in line
     assert "That model, guaita-r18-sim 2.0.0: random init; fit_one_cycle(20" in line
     assert "drawn by" not in _training_line(parent) and "That model" not in _training_line(parent)
+
+
+def test_each_missed_meteor_is_blamed_on_the_first_reason_that_applies():
+    import pandas as pd
+
+    from training.evaluate import Scored, where_missed
+
+    # Six meteor frames and one sky frame; the stage floor is 0.3, the threshold 0.8.
+    df = pd.DataFrame({"frame": [f"f{i}.jpg" for i in range(7)],
+                       "meteor_peak": [30, 30, 30, 30, 100, 100, ""]})
+    y = np.array([True] * 6 + [False])
+    network = np.array([0.9, 0.9, 0.1, 0.6, 0.2, 0.95, 0.99])
+    staged = np.array([0.85, 0.5, 0.1, 0.7, 0.2, 0.9, 0.99])
+    s = Scored("m", "onnx", 0.8, staged, info={"stage_floor": 0.3}, network=network)
+    # Ranks of the first window holding the meteor (16 shown): f1 outside, f4 unknown (no
+    # segment: not blamed on the windows), f5 outside but detected all the same.
+    ranks = {"f0.jpg": 0, "f1.jpg": None, "f2.jpg": 3, "f3.jpg": 15, "f5.jpg": 20}
+    missed = where_missed(df, y, s, 0.8, ranks, 16)
+    rows = {r["bin"]: r for r in missed["rows"]}
+    assert rows["all"] == {"bin": "all", "meteors": 6, "detected": 2, "outside_windows": 1,
+                           "under_stage_floor": 2, "under_threshold": 1}
+    assert rows["20–40"]["meteors"] == 4 and rows["80–160"]["detected"] == 1
+    assert rows["80–160"]["under_stage_floor"] == 1  # f4: coverage unknown, network 0.2
+    # A bundle without a stage, no coverage: every miss is the score's.
+    plain = where_missed(df, y, Scored("m", "onnx", 0.8, staged), 0.8, None, 16)
+    assert plain["rows"][0]["under_threshold"] == 4 and not plain["windows_checked"]
+    # The model card shows the same blame, one column per reason that could apply.
+    from training.model_card import missed_table
+
+    card = "\n".join(missed_table(missed))
+    assert "network < 0.3" in card and "outside the windows" in card
+    assert "| all | 6 | 2 | 1 | 2 | 1 |" in card
+    assert "network <" not in "\n".join(missed_table(plain)) and missed_table(None) == []

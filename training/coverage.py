@@ -86,13 +86,18 @@ def summarise(ranks: list[dict[str, Any]], shipped: int,
             "covered": shares(ranks) if ranks else {}, "by_peak": by_peak}
 
 
+def window_ranks(df, spec: PreprocessSpec, mask: np.ndarray | None,
+                 progress: bool = False) -> list[dict[str, Any]]:
+    """coverage_ranks over as many windows as the summary's largest count (an m1 spec)."""
+    return coverage_ranks(df, spec, mask, max(*COUNTS, spec.tiles**2), progress)
+
+
 def candidate_coverage(df, spec: PreprocessSpec, mask: np.ndarray | None,
                        progress: bool = False) -> dict[str, Any] | None:
     """The coverage summary for an m1 index, None for variants that show the whole sky."""
     if spec.id != "m1":
         return None
-    most = max(*COUNTS, spec.tiles**2)
-    return summarise(coverage_ranks(df, spec, mask, most, progress), spec.tiles**2)
+    return summarise(window_ranks(df, spec, mask, progress), spec.tiles**2)
 
 
 # ---------------------------------------------------------------- CLI

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from training._common import (
 )
 from training._metrics import (
     FLAG_COLUMNS,
+    PEAK_EDGES,
     TARGET_FP_PER_1000,
     at_threshold,
     best_within,
@@ -65,6 +67,8 @@ class Scored:
     probs: np.ndarray
     learner: Any = None  # for Grad-CAM
     info: dict[str, Any] = field(default_factory=dict)
+    # A staged bundle: the network's own probabilities, before the trail stage re-scored them.
+    network: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- scoring
@@ -117,18 +121,21 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
     if man.preprocessing.channels != channels:
         raise TrainingError(f"{path}: the bundle expects {man.preprocessing.channels} channels, "
                             f"the dataset has {channels}")
-    probs: list[float] = []
+    mask = read_gray(mask_path) if mask_path else None
+    stage = man.trail_stage
     if from_frames:
-        # Exactly the edge's path: decode the JPEGs, preprocess with the bundle's spec, score.
-        mask = read_gray(mask_path) if mask_path else None
+        # Exactly the edge's path: decode the JPEGs, preprocess with the bundle's spec, score
+        # (Scorer.score is model_score then staged; kept apart to keep the network's score).
+        network, probs = [], []
         for prev, cur in zip(df["previous"], df["frame"], strict=True):
-            probs.append(scorer.score(read_gray(prev), read_gray(cur), mask))
+            previous, current = read_gray(prev), read_gray(cur)
+            network.append(scorer.model_score(previous, current, mask))
+            probs.append(scorer.staged(network[-1], previous, current, mask))
     else:
-        probs = score_cached(scorer, list(df["path"]), channels).tolist()
-        stage = man.trail_stage
+        network = score_cached(scorer, list(df["path"]), channels).tolist()
+        probs = list(network)
         if stage is not None:
             # The trail stage reads the frames themselves: only for the model's candidates.
-            mask = read_gray(mask_path) if mask_path else None
             from tqdm import tqdm
 
             picked = [i for i, p in enumerate(probs) if p >= stage.min_score]
@@ -139,8 +146,11 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
     t = man.recommended_threshold if threshold is None else threshold
     info = {"path": str(path), "bundle": scorer.bundle.label, "from_frames": from_frames,
             "recommended_threshold": man.recommended_threshold,
-            "trail_stage": man.trail_stage is not None}
-    return Scored(f"onnx:{scorer.bundle.label}", "onnx", t, np.asarray(probs), info=info)
+            "trail_stage": stage is not None}
+    if stage is not None:
+        info["stage_floor"] = stage.min_score
+    return Scored(f"onnx:{scorer.bundle.label}", "onnx", t, np.asarray(probs), info=info,
+                  network=np.asarray(network) if stage is not None else None)
 
 
 # ---------------------------------------------------------------- analysis
@@ -164,13 +174,21 @@ def _truthy(column) -> np.ndarray:
     return values.isin(["1", "true", "yes", "1.0"]).to_numpy()
 
 
+def _peaks(df) -> np.ndarray | None:
+    """Each frame's meteor peak brightness (grey levels), -1 where none is known."""
+    if "meteor_peak" not in df.columns:
+        return None
+    peaks = df["meteor_peak"].apply(lambda v: float(v) if str(v) not in ("", "nan") else
+                                    np.nan).to_numpy(dtype=float)
+    return np.nan_to_num(peaks, nan=-1.0)
+
+
 def breakdowns(df, y: np.ndarray, p: np.ndarray, t: float) -> dict[str, Any]:
     """Recall by peak brightness, false positives by what else the frame held."""
     out: dict[str, Any] = {}
-    if "meteor_peak" in df.columns:
-        peaks = df["meteor_peak"].apply(lambda v: float(v) if str(v) not in ("", "nan") else
-                                        np.nan).to_numpy(dtype=float)
-        out["recall_by_peak"] = recall_by_bins(y, p, t, np.nan_to_num(peaks, nan=-1.0))
+    peaks = _peaks(df)
+    if peaks is not None:
+        out["recall_by_peak"] = recall_by_bins(y, p, t, peaks)
     flags = []
     for column in FLAG_COLUMNS:
         if column in df.columns:
@@ -193,6 +211,40 @@ def breakdowns(df, y: np.ndarray, p: np.ndarray, t: float) -> dict[str, Any]:
         out["by_condition"] = _groups(y, p, t, np.array([names.index(c) for c in cond]),
                                       dict(enumerate(names)))
     return out
+
+
+MISS_CAUSES = ("outside_windows", "under_stage_floor", "under_threshold")
+
+
+def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
+                 window_rank: dict[str, int | None] | None, shown: int) -> dict[str, Any]:
+    """Every meteor frame at `threshold`: detected, or the first reason it was not. Its meteor
+    lay outside the windows the network is shown (m1, simulator segment known), or the network
+    scored it under the trail stage's floor (never re-scored), or it scored under the threshold.
+    By peak brightness: which lever the next model needs (the mosaic, the network, the ranking)."""
+    floor = s.info.get("stage_floor")
+    known = window_rank or {}  # frames without a known segment are not blamed on the windows
+    frames = df["frame"].tolist() if "frame" in df.columns else [None] * len(df)
+    cause = np.full(len(y), "", dtype=object)
+    for i in np.flatnonzero(y):
+        if s.probs[i] >= threshold:
+            cause[i] = "detected"
+        elif frames[i] in known and (known[frames[i]] is None or known[frames[i]] >= shown):
+            cause[i] = "outside_windows"
+        elif s.network is not None and floor is not None and s.network[i] < floor:
+            cause[i] = "under_stage_floor"
+        else:
+            cause[i] = "under_threshold"
+    peaks = _peaks(df)
+    bins = [("all", y)]
+    if peaks is not None:
+        bins += [(f"{lo:g}–{hi:g}", y & (peaks >= lo) & (peaks < hi))
+                 for lo, hi in itertools.pairwise(PEAK_EDGES)]
+    rows = [{"bin": name, "meteors": int(sel.sum()),
+             **{c: int((cause[sel] == c).sum()) for c in ("detected", *MISS_CAUSES)}}
+            for name, sel in bins if sel.any()]
+    return {"threshold": threshold, "windows_checked": window_rank is not None,
+            "stage_floor": floor, "rows": rows}
 
 
 def _groups(y, p, t, keys: np.ndarray, names: dict[int, str]) -> list[dict[str, Any]]:
@@ -489,6 +541,30 @@ def _coverage_section(r: Report, coverage: dict[str, Any], figure: str | None) -
         r.image(figure, "candidate-window coverage")
 
 
+def _missed_section(r: Report, both: dict[str, Any]) -> None:
+    missed = both["at_best"] or both["at_threshold"]
+    which = (f"the best threshold within {TARGET_FP_PER_1000:g} false positives per 1,000"
+             if both["at_best"] else "the model's threshold; none keeps within "
+             f"{TARGET_FP_PER_1000:g} false positives per 1,000")
+    r.heading(f"Where the meteors are lost, at {missed['threshold']:g} ({which})", 3)
+    causes = ["outside the windows"] if missed["windows_checked"] else []
+    if missed["stage_floor"] is not None:
+        causes.append(f"network under the stage's floor ({missed['stage_floor']:g})")
+    r.para("Each meteor frame counts once, under the first reason that applies: "
+           + ", ".join([*causes, "scored under the threshold"]) + ". The windows need the "
+           "simulator's segment; without it a miss is blamed on the score.")
+    columns = [("detected", "detected"), ("outside_windows", "outside the windows"),
+               ("under_stage_floor", "under the stage's floor"),
+               ("under_threshold", "under the threshold")]
+    if not missed["windows_checked"]:
+        columns.remove(("outside_windows", "outside the windows"))
+    if missed["stage_floor"] is None:
+        columns.remove(("under_stage_floor", "under the stage's floor"))
+    r.table(["peak", "meteors", *[title for _, title in columns]],
+            [[row["bin"], row["meteors"], *[row[key] for key, _ in columns]]
+             for row in missed["rows"]])
+
+
 def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[str, Any]],
                  figures: dict[str, Any], dmeta: dict[str, Any],
                  coverage: dict[str, Any] | None = None) -> None:
@@ -536,6 +612,8 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
             r.table(["peak", "meteors", "detected", "recall"],
                     [[b["bin"], b["meteors"], b["detected"], b["recall"]]
                      for b in m["recall_by_peak"]])
+        if m.get("missed"):
+            _missed_section(r, m["missed"])
         if m.get("false_positives_by_flag"):
             r.heading("False positives among non-meteor frames holding…", 3)
             r.table(["truth flag", "frames", "false positives", "rate"],
@@ -599,17 +677,28 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     learners = [s for s in scored if s.learner is not None]
     if learners:
         figures["cam"] = plot_cams(df, y, learners[0], channels, out, args.cams)
-    coverage = None
-    if args.coverage:
+    coverage, window_rank = None, None
+    spec = PreprocessSpec.from_dict(dmeta["preprocessing"])
+    if args.coverage and spec.id == "m1":
         from edge.preprocess import read_gray
-        from training.coverage import candidate_coverage
+        from training.coverage import summarise, window_ranks
 
         mask = read_gray(dmeta["mask"]) if dmeta.get("mask") else None
         log.info("candidate-window coverage of the %d meteor frames", int(y.sum()))
-        coverage = candidate_coverage(df, PreprocessSpec.from_dict(dmeta["preprocessing"]), mask,
-                                      progress=args.progress)
-        if coverage and coverage["meteors"]:
+        ranks = window_ranks(df, spec, mask, progress=args.progress)
+        coverage = summarise(ranks, spec.tiles**2)
+        window_rank = {r["frame"]: r["rank"] for r in ranks}
+        if coverage["meteors"]:
             figures["coverage"] = plot_coverage(coverage, out)
+    shown = spec.tiles**2 if spec.id == "m1" else 0
+    for s, m in zip(scored, results, strict=True):
+        # At the model's threshold, and where the target is judged: the best threshold within
+        # the false-positive budget (when one is).
+        best = m["best_within_target"]
+        m["missed"] = {
+            "at_threshold": where_missed(df, y, s, s.threshold, window_rank, shown),
+            "at_best": None if best is None else where_missed(df, y, s, best["threshold"],
+                                                              window_rank, shown)}
     write_report(out, args.split, df, y, results, figures, dmeta, coverage)
     summary = {"split": args.split, "frames": len(df), "meteors": int(y.sum()),
                "nights": sorted(df["night"].unique().tolist()),

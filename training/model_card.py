@@ -111,6 +111,24 @@ def alerts_section(alerts: dict[str, Any] | None, alone: str = "model alone") ->
     return lines
 
 
+def missed_table(missed: dict[str, Any] | None) -> list[str]:
+    """`guaita evaluate`'s blame for each meteor frame lost at the target's threshold."""
+    if not missed:
+        return []
+    columns = [("detected", "found")]
+    if missed["windows_checked"]:
+        columns.append(("outside_windows", "outside the windows"))
+    if missed["stage_floor"] is not None:
+        columns.append(("under_stage_floor", f"network < {missed['stage_floor']:g}"))
+    columns.append(("under_threshold", "scored too low"))
+    return ["", f"Where the meteors are lost at {missed['threshold']:g}, the best threshold "
+            f"within {TARGET_FP_PER_1000:g} false positives per 1,000 (each meteor frame "
+            "under the first reason):", "",
+            *_table(["peak", "meteors", *[title for _, title in columns]],
+                    [[r["bin"], r["meteors"], *[r[key] for key, _ in columns]]
+                     for r in missed["rows"]])]
+
+
 def trail_stage_section(stage, gain: dict[str, Any] | None) -> list[str]:
     """What the bundle's trail stage is, what it was fitted on, what it gained on validation."""
     if stage is None:
@@ -248,6 +266,7 @@ def render(bundle_dir: Path, reports: dict[str, Path],
             lines += _table(["peak", "meteors", "recall"],
                             [[r.get("bin", r.get("range", "?")), r.get("meteors", r.get("n")),
                               r.get("recall")] for r in b["recall_by_peak"]])
+        lines += missed_table((b.get("missed") or {}).get("at_best"))
         if b.get("by_condition"):
             lines += ["", "By sky condition:", ""]
             lines += _table(["condition", "frames", "meteors", "recall", "FP / 1,000"],
