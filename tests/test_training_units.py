@@ -488,3 +488,25 @@ def test_each_missed_meteor_is_blamed_on_the_first_reason_that_applies():
     assert "network < 0.3" in card and "outside the windows" in card
     assert "| all | 6 | 2 | 1 | 2 | 1 |" in card
     assert "network <" not in "\n".join(missed_table(plain)) and missed_table(None) == []
+
+
+def test_trail_stage_gain_is_zero_recall_where_no_threshold_keeps_the_budget():
+    import pandas as pd
+
+    from edge.trail_stage import TrailStage
+    from training.trail_stage import held_out_gain
+
+    # Ten frames; a no-meteor frame scores 0.9999, above every threshold tried: any threshold
+    # flags it, 100 false positives per 1,000, so the best recall within 3 and 10 is none.
+    rows = pd.DataFrame({"label": ["meteor"] * 3 + ["no-meteor"] * 7})
+    scores = np.array([0.9, 0.8, 0.7, 0.9999, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    stage = TrailStage(features=("score",), impute=(0.0,), mean=(0.0,), scale=(1.0,),
+                       coef=(1.0,), intercept=0.0)
+    gain = held_out_gain(stage, rows, scores, np.array([], dtype=int), [])
+    assert gain["model_alone"] == {"recall_within_3_per_1000": 0.0,
+                                   "recall_within_10_per_1000": 0.0}
+    assert gain["candidates"] == 0 and gain["meteors"] == 3
+    # With the negative gone the budget holds and the meteors count.
+    scores[3] = 0.05
+    assert held_out_gain(stage, rows, scores, np.array([], dtype=int), [])["model_alone"][
+        "recall_within_10_per_1000"] == 1.0
