@@ -247,6 +247,24 @@ def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
             "stage_floor": floor, "rows": rows}
 
 
+def missed_columns(missed: dict[str, Any]) -> list[tuple[str, str]]:
+    """(row key, column title) of a `where_missed` table: the reasons that could apply."""
+    columns = [("detected", "found")]
+    if missed["windows_checked"]:
+        columns.append(("outside_windows", "outside the windows"))
+    if missed["stage_floor"] is not None:
+        columns.append(("under_stage_floor", f"network < {missed['stage_floor']:g}"))
+    return [*columns, ("under_threshold", "scored too low")]
+
+
+def missed_rows(missed: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The header and rows of a `where_missed` table, for the report and the model card."""
+    columns = missed_columns(missed)
+    return (["peak", "meteors", *[title for _, title in columns]],
+            [[row["bin"], row["meteors"], *[row[key] for key, _ in columns]]
+             for row in missed["rows"]])
+
+
 def _groups(y, p, t, keys: np.ndarray, names: dict[int, str]) -> list[dict[str, Any]]:
     rows = []
     for key in sorted(set(keys.tolist())):
@@ -547,22 +565,11 @@ def _missed_section(r: Report, both: dict[str, Any]) -> None:
              if both["at_best"] else "the model's threshold; none keeps within "
              f"{TARGET_FP_PER_1000:g} false positives per 1,000")
     r.heading(f"Where the meteors are lost, at {missed['threshold']:g} ({which})", 3)
-    causes = ["outside the windows"] if missed["windows_checked"] else []
-    if missed["stage_floor"] is not None:
-        causes.append(f"network under the stage's floor ({missed['stage_floor']:g})")
+    causes = [title for key, title in missed_columns(missed) if key != "detected"]
     r.para("Each meteor frame counts once, under the first reason that applies: "
-           + ", ".join([*causes, "scored under the threshold"]) + ". The windows need the "
-           "simulator's segment; without it a miss is blamed on the score.")
-    columns = [("detected", "detected"), ("outside_windows", "outside the windows"),
-               ("under_stage_floor", "under the stage's floor"),
-               ("under_threshold", "under the threshold")]
-    if not missed["windows_checked"]:
-        columns.remove(("outside_windows", "outside the windows"))
-    if missed["stage_floor"] is None:
-        columns.remove(("under_stage_floor", "under the stage's floor"))
-    r.table(["peak", "meteors", *[title for _, title in columns]],
-            [[row["bin"], row["meteors"], *[row[key] for key, _ in columns]]
-             for row in missed["rows"]])
+           + ", ".join(causes) + ". The windows need the simulator's segment; without it a "
+           "miss is blamed on the score.")
+    r.table(*missed_rows(missed))
 
 
 def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[str, Any]],
@@ -650,7 +657,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     y = (df["label"] == METEOR).to_numpy()
     from edge.preprocess import PreprocessSpec
 
-    channels = PreprocessSpec.from_dict(dmeta["preprocessing"]).channels
+    spec = PreprocessSpec.from_dict(dmeta["preprocessing"])
+    channels = spec.channels
     scored: list[Scored] = []
     for path in args.model:
         if not path.exists():
@@ -678,7 +686,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if learners:
         figures["cam"] = plot_cams(df, y, learners[0], channels, out, args.cams)
     coverage, window_rank = None, None
-    spec = PreprocessSpec.from_dict(dmeta["preprocessing"])
     if args.coverage and spec.id == "m1":
         from edge.preprocess import read_gray
         from training.coverage import summarise, window_ranks

@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.bundle import load_bundle
 from training._metrics import TARGET_FP_PER_1000, TARGET_RECALL
-from training.evaluate import format_value
+from training.evaluate import format_value, missed_rows
 from training.evaluate import markdown_table as _table
 
 NAN = float("nan")
@@ -115,18 +115,9 @@ def missed_table(missed: dict[str, Any] | None) -> list[str]:
     """`guaita evaluate`'s blame for each meteor frame lost at the target's threshold."""
     if not missed:
         return []
-    columns = [("detected", "found")]
-    if missed["windows_checked"]:
-        columns.append(("outside_windows", "outside the windows"))
-    if missed["stage_floor"] is not None:
-        columns.append(("under_stage_floor", f"network < {missed['stage_floor']:g}"))
-    columns.append(("under_threshold", "scored too low"))
     return ["", f"Where the meteors are lost at {missed['threshold']:g}, the best threshold "
             f"within {TARGET_FP_PER_1000:g} false positives per 1,000 (each meteor frame "
-            "under the first reason):", "",
-            *_table(["peak", "meteors", *[title for _, title in columns]],
-                    [[r["bin"], r["meteors"], *[r[key] for key, _ in columns]]
-                     for r in missed["rows"]])]
+            "under the first reason):", "", *_table(*missed_rows(missed))]
 
 
 def trail_stage_section(stage, gain: dict[str, Any] | None) -> list[str]:
