@@ -22,7 +22,7 @@ pytest.importorskip("fastai")
 from edge.bundle import load_bundle
 from edge.cli import main
 from edge.preprocess import Preprocessor, PreprocessSpec, read_gray
-from training._common import load_index, load_input
+from training._common import LEARNER_NAME, TRAIN_META, WEIGHTS_NAME, load_index, load_input
 from training.evaluate import MISS_CAUSES
 
 pytestmark = pytest.mark.slow
@@ -334,14 +334,19 @@ def test_fine_tune_from_bundle(bundle: Path, indexed: Path, tmp_path: Path):
 
 
 def test_fine_tune_with_hard_negatives_mined_by_the_bundle(bundle: Path, indexed: Path,
-                                                           tmp_path: Path):
+                                                           tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    # --out relative to the working directory: fastai's own paths are relative to it too
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "mined"
-    rc = main(["train", "--data", str(indexed), "--out", str(out), "--init-from", str(bundle),
+    rc = main(["train", "--data", str(indexed), "--out", "mined", "--init-from", str(bundle),
                "--mine-from", str(bundle), "--hard-share", "0.5", "--epochs", "1",
                "--freeze-epochs", "0", "--no-lr-find", "--lr", "1e-3", "--balance",
                "undersample", "--neg-ratio", "2", "--batch-size", "16", "--threads", THREADS,
                "--quiet"])
     assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [TRAIN_META, WEIGHTS_NAME, LEARNER_NAME, "history.csv"])
     meta = json.loads((out / "train.json").read_text())
     df, _ = load_index(indexed)
     negatives = int(((df["split"] == "train") & (df["label"] != "meteor")).sum())

@@ -254,7 +254,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                            loss_func=loss_func, metrics=metrics, n_out=len(CLASSES),
                            path=args.out, model_dir=".",
                            # one line per epoch as it ends: progress you can tail, even --quiet
-                           cbs=[CSVLogger(fname=str(args.out / "history.csv"))])
+                           cbs=[CSVLogger(fname="history.csv")])  # relative to path=args.out
     parent = None
     if args.init_from:
         pre["started_from"] = load_init_weights(learn.model, args.init_from)
@@ -296,7 +296,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(learn.model.state_dict(), args.out / WEIGHTS_NAME)
     learn.remove_cb(CSVLogger)  # its open file handle would travel into the pickle
-    learn.export(args.out / LEARNER_NAME)
+    learn.export(LEARNER_NAME)  # fastai writes to path/fname: relative to args.out
     names = list(learn.recorder.metric_names[1:-1])
     history = [dict(zip(names, (float(v) for v in row), strict=False))
                for row in learn.recorder.values]
