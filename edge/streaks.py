@@ -136,6 +136,12 @@ class TrailLight:
     middle: float = 0.0  # the middle half's mean
     variation: float = 0.0  # standard deviation over mean
     peak_offset: float = 0.0  # the brightest point's distance from the middle: 0 centre, 1 an end
+    # Light left past the found ends, as an SNR against the sky beside the trail: a
+    # satellite's trail is cut off (≈ 0 at both ends); the ends are found where the light falls
+    # to half its level, so a meteor's fainter rise and fade lie past them (docs/training.md,
+    # "Light past the trail's ends").
+    beyond_dim: float = 0.0  # the dimmer end's
+    beyond_bright: float = 0.0  # the brighter end's
 
 
 def _ordered(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
@@ -625,6 +631,7 @@ class DiffAnalysis:
         half = self.factor + 1
         reach = 0.4 * length + 10
         ts, _, light = self._profile(streak.x1, streak.y1, ux, uy, -reach, length + reach, half)
+        beyond = self._beyond_ends(streak, ux, uy, ts, light, half, length)
         outside = (ts < -5) | (ts > length + 5)
         light -= float(np.median(light[outside]))
         w = max(3, int(length / 20))
@@ -634,7 +641,7 @@ class DiffAnalysis:
         sigma = self._sigma_at((streak.x1 + streak.x2) / 2, (streak.y1 + streak.y2) / 2)
         snr = plateau / (sigma * math.sqrt((2 * half + 1) / w))
         if plateau <= 0:
-            return TrailLight(snr=snr)
+            return TrailLight(snr=snr, **beyond)
 
         def extent(level: float) -> int:
             idx = np.nonzero(smooth > level * plateau)[0]
@@ -645,14 +652,34 @@ class DiffAnalysis:
         n = len(on_trail)
         top = float(np.percentile(on_trail, 95))
         if n < 8 or top <= 0:
-            return TrailLight(box, snr)
+            return TrailLight(box, snr, **beyond)
         scaled = on_trail / top
         first, last = float(scaled[: n // 4].mean()), float(scaled[3 * n // 4:].mean())
         return TrailLight(
             box, snr, end_light=min(first, last), end_imbalance=abs(first - last),
             end_bright=max(first, last), middle=float(scaled[n // 4: 3 * n // 4].mean()),
             variation=float(scaled.std() / max(float(scaled.mean()), 1e-6)),
-            peak_offset=abs(float(np.argmax(scaled)) / (n - 1) - 0.5) * 2)
+            peak_offset=abs(float(np.argmax(scaled)) / (n - 1) - 0.5) * 2, **beyond)
+
+    def _beyond_ends(self, streak: Streak, ux: float, uy: float, ts: np.ndarray,
+                     light: np.ndarray, half: int, length: float) -> dict[str, float]:
+        """`TrailLight.beyond_dim` / `beyond_bright`: the light per pixel of length past each end
+        (from 2 px to `ts`' reach) over the same band's sky, taken beside the trail on both
+        sides (clear of its width), in units of that mean's noise."""
+        off = 2 * half + 4
+        sky = [self._profile(streak.x1 + side * off * -uy, streak.y1 + side * off * ux, ux, uy,
+                             float(ts[0]), float(ts[-1]), half)[2] for side in (1, -1)]
+        background = (sky[0] + sky[1]) / 2
+        noise = float(np.std(sky[0] - sky[1])) / math.sqrt(2)  # per sample, stars cancel less
+        snrs = []
+        for past in (ts < -2, ts > length + 2):
+            n = int(past.sum())
+            if n < 4 or noise <= 0:
+                snrs.append(0.0)
+                continue
+            excess = float(np.mean(light[past] - background[past]))
+            snrs.append(excess / (noise / math.sqrt(n)))
+        return {"beyond_dim": min(snrs), "beyond_bright": max(snrs)}
 
     def _periodic(self, ts, prof, sigma) -> tuple[int, float]:
         """Count of regularly spaced, deeply modulated peaks (strobes) in a light profile

@@ -22,7 +22,8 @@ import numpy as np
 from edge.streaks import DiffAnalysis, StreakParams, TrailLight
 
 # The light-profile fields of `TrailLight` the stage may use.
-PROFILE = ("box", "variation", "end_light", "end_bright", "end_imbalance", "middle", "peak_offset")
+PROFILE = ("box", "variation", "end_light", "end_bright", "end_imbalance", "middle", "peak_offset",
+           "beyond_dim", "beyond_bright")
 # Besides the profile: the model's score and how many streaks the frame holds.
 FEATURES = ("score", "streaks", *PROFILE)
 

@@ -221,6 +221,7 @@ def test_steadiness_tells_an_even_trail_from_a_meteor_light_curve():
     assert light.box >= 0.85 and light.snr >= 10
     assert light.end_light >= 0.8 and light.end_imbalance <= 0.1  # both ends as bright
     assert light.variation <= 0.15 and light.middle >= 0.8  # flat all along
+    assert abs(light.beyond_dim) < 3 and abs(light.beyond_bright) < 3  # cut off: sky past both
 
     def meteor(layer):
         draw_meteor(layer, p1, p2, 60.0, 2, floor=0.0)
@@ -231,6 +232,10 @@ def test_steadiness_tells_an_even_trail_from_a_meteor_light_curve():
     assert light.end_light <= 0.6  # it rose from dark: one end quarter is dim
     assert light.end_bright - light.end_light >= 0.1 and light.middle > light.end_bright
     assert light.variation >= 0.2 and light.peak_offset >= 0.2  # peaked, off centre
+    # The streak's found start lies where the rise reaches half its level: the fainter light
+    # before it, and the fade after the end, are still there.
+    assert fading.streaks[0].x1 > p1[0] + 50
+    assert light.beyond_bright >= 10 and light.beyond_dim >= 3
 
     faint = DiffAnalysis(pair(42, line(p1, p2, 6, 1)))
     if faint.streaks:  # too faint to judge: the rule needs snr >= 10

@@ -88,7 +88,7 @@ def test_stage_survives_the_manifest_and_refuses_bad_ones(fitted: TrailStage, tm
         "kind": ({**good, "kind": "forest"}, "kind 'forest' not supported"),
         "feature": ({**good, "features": ["score", "colour", *good["features"][2:]]},
                     "unknown features"),
-        "length": ({**good, "coef": good["coef"][:-1]}, "coef needs 9"),
+        "length": ({**good, "coef": good["coef"][:-1]}, f"coef needs {len(FEATURES)}"),
         "scale": ({**good, "scale": [0.0] * len(good["scale"])}, "scale must be positive"),
         "params": ({**good, "streak_params": {"k_sigmaa": 3}}, "unknown keys"),
         "missing": ({k: v for k, v in good.items() if k != "intercept"}, "missing key"),
