@@ -41,6 +41,7 @@ BATCH=${BATCH:-32}
 LR=${LR:-3e-3}
 BALANCE=${BALANCE:-undersample}
 NEG_RATIO=${NEG_RATIO:-3}   # non-meteors drawn per meteor each epoch
+CALIB_IMAGES=${CALIB_IMAGES:-256} # int8 calibration images (1024 when export refuses a retrain)
 THREADS=${THREADS:-2}
 SEED=${SEED:-2026}
 
@@ -113,7 +114,8 @@ log "4/5 export: ONNX, int8 (calibrations compared), parity on test; threshold f
 # false alerts (satellites and aircraft that the rules remove no longer count against it).
 if [[ "$EXPORT" == 1 ]]; then
   "$GUAITA" export --model "$WORK/model" --out "$OUT" --name "$NAME" --version "$VERSION" \
-    --threshold-rule "${RULE:-fp:0.01}" --threads "$THREADS" --seed "$SEED"
+    --threshold-rule "${RULE:-fp:0.01}" --calib-images "$CALIB_IMAGES" --threads "$THREADS" \
+    --seed "$SEED"
 fi
 if [[ "$STAGE" == 1 ]]; then
   # The trail stage re-scores the model's candidates by their trail's light profile (single-
