@@ -670,7 +670,8 @@ class DiffAnalysis:
         sky = [self._profile(streak.x1 + side * off * -uy, streak.y1 + side * off * ux, ux, uy,
                              float(ts[0]), float(ts[-1]), half)[2] for side in (1, -1)]
         background = (sky[0] + sky[1]) / 2
-        noise = float(np.std(sky[0] - sky[1])) / math.sqrt(2)  # per sample, stars cancel less
+        # One band's noise per sample: the two bands' difference spreads √2 times as much.
+        noise = float(np.std(sky[0] - sky[1])) / math.sqrt(2)
         snrs = []
         for past in (ts < -2, ts > length + 2):
             n = int(past.sum())
