@@ -1,8 +1,10 @@
-"""Model bundle: a directory (or .tar.gz) holding ``model.onnx`` + ``manifest.json``.
+"""Model bundle: a directory (or .tar.gz) holding ``model.onnx`` + ``manifest.json``, and the
+trail classifier's ``trail.onnx`` when its stage is one.
 
 The manifest is the single source of truth for how to feed the model: the preprocessing variant,
 the input shape, which output column is "meteor", the optional trail stage that re-scores
-candidates, and the recommended threshold (for the score after the stage). Training writes
+frames (a logistic profile stage, or the trail classifier with its own graph and sha256), and
+the recommended threshold (for the score after the stage). Training writes
 it (training/export.py); the edge reads it here. No onnxruntime import: validating a bundle must
 be cheap and possible anywhere.
 """
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.preprocess import PreprocessError, PreprocessSpec
+from edge.trail_classifier import KIND as CLASSIFIER_KIND
+from edge.trail_classifier import TrailClassifier, TrailClassifierError
 from edge.trail_stage import TrailStage, TrailStageError
 
 FORMAT_VERSION = 1
@@ -46,7 +50,16 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     min_guaita_version: str = "0.1.0"
-    trail_stage: TrailStage | None = None  # re-scores candidates (edge/trail_stage.py)
+    # Re-scores the network's candidates (edge/trail_stage.py) or every frame by its candidate
+    # lines (edge/trail_classifier.py).
+    trail_stage: TrailStage | TrailClassifier | None = None
+
+    @property
+    def extra_files(self) -> tuple[tuple[str, str], ...]:
+        """(file name, sha256) of the bundle's files besides model.onnx and the manifest."""
+        if isinstance(self.trail_stage, TrailClassifier):
+            return ((self.trail_stage.model_file, self.trail_stage.sha256),)
+        return ()
 
     @property
     def meteor_index(self) -> int:
@@ -103,10 +116,14 @@ class Manifest:
         if not 0.0 < threshold < 1.0:
             raise BundleError(f"manifest: recommended_threshold {threshold} not in (0, 1)")
         stage = None
-        if data.get("trail_stage") is not None:
+        raw_stage = data.get("trail_stage")
+        if raw_stage is not None:
             try:
-                stage = TrailStage.from_dict(data["trail_stage"])
-            except TrailStageError as exc:
+                if isinstance(raw_stage, dict) and raw_stage.get("kind") == CLASSIFIER_KIND:
+                    stage = TrailClassifier.from_dict(raw_stage)
+                else:
+                    stage = TrailStage.from_dict(raw_stage)
+            except (TrailStageError, TrailClassifierError) as exc:
                 raise BundleError(f"manifest: {exc}") from None
         sha = need("sha256", str)
         if len(sha) != 64:
@@ -170,21 +187,34 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     model = root / MODEL_NAME
     if not model.is_file():
         raise BundleError(f"{root}: no {MODEL_NAME}")
+    files = [(MODEL_NAME, manifest.sha256), *manifest.extra_files]
+    for name, _ in files[1:]:
+        if not (root / name).is_file():
+            raise BundleError(f"{root}: no {name} (the manifest's trail stage needs it)")
     if verify:
-        actual = sha256_file(model)
-        if actual != manifest.sha256:
-            raise BundleError(
-                f"{model}: sha256 {actual[:12]}… does not match manifest {manifest.sha256[:12]}…"
-            )
+        for name, want in files:
+            actual = sha256_file(root / name)
+            if actual != want:
+                raise BundleError(f"{root / name}: sha256 {actual[:12]}… does not match "
+                                  f"manifest {want[:12]}…")
     return Bundle(root=root, manifest=manifest)
 
 
 def write_bundle(
-    directory: str | Path, onnx_bytes: bytes, manifest_fields: dict[str, Any]
+    directory: str | Path, onnx_bytes: bytes, manifest_fields: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
 ) -> Bundle:
-    """Write model.onnx + manifest.json (sha256 and created_at filled in) and validate it."""
+    """Write model.onnx + manifest.json (sha256 and created_at filled in), and `extra_files`
+    (the files the manifest's trail stage names, e.g. trail.onnx), and validate it. A file of
+    an earlier bundle in the folder that this one does not name is removed."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
+    extra_files = extra_files or {}
+    for stale in root.glob("*.onnx"):
+        if stale.name != MODEL_NAME and stale.name not in extra_files:
+            stale.unlink()
+    for name, data in extra_files.items():
+        (root / name).write_bytes(data)
     (root / MODEL_NAME).write_bytes(onnx_bytes)
     data = dict(manifest_fields)
     data.setdefault("format_version", FORMAT_VERSION)
@@ -194,6 +224,12 @@ def write_bundle(
     Manifest.from_dict(data)  # refuse to write what the edge would refuse to read
     (root / MANIFEST_NAME).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return load_bundle(root)
+
+
+def bundle_files(bundle: Bundle) -> dict[str, bytes]:
+    """The graphs a bundle holds besides its manifest, by file name (model.onnx first)."""
+    names = [MODEL_NAME, *(name for name, _ in bundle.manifest.extra_files)]
+    return {name: (bundle.root / name).read_bytes() for name in names}
 
 
 def _extract(archive: Path) -> Path:

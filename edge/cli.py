@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export", "export ONNX, quantize to int8, check parity, write bundle"),
     "trail-stage": ("training.trail_stage",
                     "fit a bundle's trail stage on training-night candidates (a new bundle)"),
+    "trail-classifier": ("training.trail_classifier",
+                         "give a bundle the trail classifier, fitted on its training nights"),
     "alert-threshold": ("training.alert_threshold",
                         "choose a bundle's threshold by its pipeline alerts on validation nights"),
     "model": ("edge.model_admin", "publish, list, show or roll back model bundles"),

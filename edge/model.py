@@ -1,7 +1,9 @@
 """Scoring with onnxruntime: a loaded bundle turned into `meteor probability = f(prev, cur)`.
 
-The bundle's score is the model's, re-scored by the bundle's trail stage where it has one
-(edge/trail_stage.py): the threshold in the manifest was chosen for that score.
+The bundle's score is the model's, re-scored by the bundle's trail stage where it has one: the
+logistic profile stage (edge/trail_stage.py) or the trail classifier (edge/trail_classifier.py,
+a second ONNX graph that looks along every candidate line). The threshold in the manifest was
+chosen for that score.
 """
 
 from __future__ import annotations
@@ -13,7 +15,24 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.bundle import Bundle, BundleError, load_bundle
+from edge.candidates import Candidate, find_candidates
 from edge.preprocess import Preprocessor, apply_mask, positive_difference, to_nchw
+from edge.streaks import DiffAnalysis
+from edge.trail_classifier import TrailClassifier
+from edge.trail_strip import frame_inputs
+
+
+@dataclass(frozen=True)
+class TrailVerdict:
+    """What the trail classifier made of one frame pair: its candidate lines and their logits
+    (most significant first), and the frame's trail logit (the highest; None: no candidate)."""
+
+    candidates: list[Candidate]
+    logits: np.ndarray
+
+    @property
+    def frame_logit(self) -> float | None:
+        return float(self.logits.max()) if len(self.logits) else None
 
 
 @dataclass
@@ -21,6 +40,7 @@ class Scorer:
     bundle: Bundle
     session: ort.InferenceSession
     preprocessor: Preprocessor
+    trail_session: ort.InferenceSession | None = None  # the trail classifier's graph
 
     @property
     def manifest(self):
@@ -57,10 +77,28 @@ class Scorer:
     def staged(self, score: float, previous: np.ndarray, current: np.ndarray,
                mask: np.ndarray | None = None) -> float:
         stage = self.manifest.trail_stage
+        if isinstance(stage, TrailClassifier):
+            return stage.combine(score, self.trail(previous, current, mask).frame_logit)
         if stage is None or score < stage.min_score:
             return score
         difference = apply_mask(positive_difference(previous, current), mask)
         return stage.rescore(score, difference)
+
+    def trail(self, previous: np.ndarray, current: np.ndarray,
+              mask: np.ndarray | None = None) -> TrailVerdict:
+        """The trail classifier's look along every candidate line of the pair."""
+        stage = self.manifest.trail_stage
+        if not isinstance(stage, TrailClassifier) or self.trail_session is None:
+            raise BundleError(f"{self.bundle.label} has no trail classifier")
+        difference = apply_mask(positive_difference(previous, current), mask)
+        analysis = DiffAnalysis(difference, stage.streak_params)
+        candidates = find_candidates(analysis, previous, current, mask, stage.candidates)
+        if not candidates:
+            return TrailVerdict([], np.zeros(0, np.float32))
+        negative = apply_mask(positive_difference(current, previous), mask)
+        strips, scalars = frame_inputs(analysis, negative, candidates)
+        logits = self.trail_session.run(None, {"strips": strips, "scalars": scalars})[0]
+        return TrailVerdict(candidates, np.asarray(logits, np.float32).reshape(-1))
 
 
 def open_scorer(bundle: str | Path | Bundle, threads: int = 1) -> Scorer:
@@ -83,7 +121,19 @@ def open_scorer(bundle: str | Path | Bundle, threads: int = 1) -> Scorer:
             f"model inputs {[i.name for i in inputs]} do not match manifest input "
             f"{bundle.manifest.input_name!r}"
         )
-    scorer = Scorer(bundle, session, Preprocessor(bundle.manifest.preprocessing))
+    trail_session = None
+    stage = bundle.manifest.trail_stage
+    if isinstance(stage, TrailClassifier):
+        path = bundle.root / stage.model_file
+        try:
+            trail_session = ort.InferenceSession(str(path), options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError(f"{path}: onnxruntime cannot load it: {exc}") from None
+        names = sorted(i.name for i in trail_session.get_inputs())
+        if names != ["scalars", "strips"]:
+            raise BundleError(f"{path}: inputs {names}, expected ['scalars', 'strips']")
+    scorer = Scorer(bundle, session, Preprocessor(bundle.manifest.preprocessing), trail_session)
     # Smoke test: a blank pair must score, with the right output shape, to a probability.
     blank = np.zeros((64, 64), np.uint8)
     probability = scorer.score(blank, blank)

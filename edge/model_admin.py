@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.bundle import MANIFEST_NAME, MODEL_NAME, Bundle, BundleError, load_bundle
+from edge.bundle import MANIFEST_NAME, Bundle, BundleError, bundle_files, load_bundle
 from edge.config import Config, ConfigError, load_config
 from edge.signing import (
     SigningError,
@@ -51,13 +51,13 @@ class PublishError(ValueError):
 
 
 def bundle_tarball(bundle: Bundle, overrides: dict[str, Any] | None = None) -> bytes:
-    """The bundle as .tar.gz bytes (manifest.json and model.onnx at the archive root), with
-    manifest fields overridden. Reproducible: the same bundle gives the same bytes, so
+    """The bundle as .tar.gz bytes (manifest.json, model.onnx and any trail.onnx at the archive
+    root), with manifest fields overridden. Reproducible: the same bundle gives the same bytes, so
     promoting a release to another channel finds its tarball already uploaded."""
     manifest = json.loads((bundle.root / MANIFEST_NAME).read_text())
     manifest.update(overrides or {})
     files = {MANIFEST_NAME: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
-             MODEL_NAME: bundle.model_path.read_bytes()}
+             **bundle_files(bundle)}
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:

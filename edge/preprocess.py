@@ -215,7 +215,7 @@ def _max_pool(image: np.ndarray, size: int) -> np.ndarray:
     return np.maximum.reduceat(rows, xs[:-1], axis=1)
 
 
-def _normalised_difference(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
+def normalised_difference(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
     """Blurred signed difference in units of its own robust noise σ, float32."""
     if spec.blur > 1:
         k = (spec.blur, spec.blur)
@@ -233,7 +233,7 @@ def _soft(level: np.ndarray, knee: float, gain: float) -> np.ndarray:
 
 
 def _g1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
-    norm = _soft(_normalised_difference(spec, previous, current, mask), spec.k_sigma, spec.gain)
+    norm = _soft(normalised_difference(spec, previous, current, mask), spec.k_sigma, spec.gain)
     size = (spec.size, spec.size)
     c0 = cv2.resize(norm, size, interpolation=cv2.INTER_AREA)
     c1 = _max_pool(norm, spec.size)
@@ -262,8 +262,9 @@ def _half_line_kernels(length: int, directions: int = 8) -> tuple[tuple[np.ndarr
     return tuple(pairs)
 
 
-def line_response(norm: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Line map of a normalised difference at about ``line_width`` px wide, in its own σ."""
+def line_response(norm: np.ndarray, spec: PreprocessSpec, directions: int = 8) -> np.ndarray:
+    """Line map of a normalised difference at about ``line_width`` px wide, in its own σ
+    (`directions` line orientations; 8 is what g2 and m1 were trained with)."""
     h, w = norm.shape
     factor = max(1, round(w / spec.line_width))
     small = norm
@@ -277,7 +278,7 @@ def line_response(norm: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     background = (cv2.medianBlur(coded, 9).astype(np.float32) - 128.0) / 8.0
     ridge = small - background
     response = None
-    for half_a, half_b in _half_line_kernels(spec.line_length):
+    for half_a, half_b in _half_line_kernels(spec.line_length, directions):
         r = np.minimum(cv2.filter2D(ridge, -1, half_a), cv2.filter2D(ridge, -1, half_b))
         response = r if response is None else np.maximum(response, r)
     median = float(np.median(response[::2, ::2]))
@@ -285,7 +286,7 @@ def line_response(norm: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def _g2(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
-    norm = _normalised_difference(spec, previous, current, mask)
+    norm = normalised_difference(spec, previous, current, mask)
     size = (spec.size, spec.size)
     lines = _soft(line_response(norm, spec), spec.line_k, spec.line_gain)
     c0 = cv2.resize(_soft(norm, spec.k_sigma, spec.gain), size, interpolation=cv2.INTER_AREA)
@@ -336,7 +337,7 @@ def candidate_windows(spec: PreprocessSpec, previous: np.ndarray, current: np.nd
     tells how many windows a wider mosaic would need to hold a streak."""
     previous, current = to_gray(previous), to_gray(current)
     _check_pair(previous, current)
-    norm = _normalised_difference(spec, previous, current, mask)
+    norm = normalised_difference(spec, previous, current, mask)
     return _windows(spec, norm, spec.tiles**2 if count is None else count)
 
 
@@ -351,7 +352,7 @@ def _cut(image: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
 
 
 def _m1(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:
-    norm = _normalised_difference(spec, previous, current, mask)
+    norm = normalised_difference(spec, previous, current, mask)
     side = spec.size // spec.tiles
     mosaic = np.zeros((spec.size, spec.size, 3), np.uint8)
     for k, (y0, x0) in enumerate(_windows(spec, norm, spec.tiles**2)):

@@ -220,7 +220,7 @@ def merge(a: Streak, b: Streak) -> Streak:
 # ------------------------------------------------------------------ per-frame analysis
 
 
-def _spread(values: np.ndarray) -> tuple[float, float]:
+def robust_spread(values: np.ndarray) -> tuple[float, float]:
     """(median, q84 − median): a noise scale that also works on a difference clipped at 0."""
     q50, q84 = np.percentile(values, (50, 84))
     return float(q50), float(q84 - q50)
@@ -280,7 +280,7 @@ class DiffAnalysis:
         if self.factor > 1:
             self.small = cv2.resize(self.small, (sw, sh), interpolation=cv2.INTER_AREA)
         step = 2 if self.small.size > 40_000 else 1
-        self.base, spread = _spread(self.small[::step, ::step])
+        self.base, spread = robust_spread(self.small[::step, ::step])
         self.spread = max(spread, 0.25)
 
     # -- cheap, every frame
@@ -334,7 +334,7 @@ class DiffAnalysis:
         yi = min(max(int(y / self.scale[1]), 0), spread.shape[0] - 1)
         return max(1.0, float(spread[yi, xi]) / self.spread)
 
-    def _sigma_at(self, x: float, y: float) -> float:
+    def sigma_at(self, x: float, y: float) -> float:
         """Noise σ of the full-resolution difference at full-frame (x, y)."""
         return self.full_noise[1] * self._noise_scale(x, y)
 
@@ -349,7 +349,7 @@ class DiffAnalysis:
     @cached_property
     def full_noise(self) -> tuple[float, float]:
         """(median, σ) of the full-resolution difference, from a subsample."""
-        base, spread = _spread(self.difference[::4, ::4])
+        base, spread = robust_spread(self.difference[::4, ::4])
         return base, max(spread, 1.0)
 
     @cached_property
@@ -358,7 +358,7 @@ class DiffAnalysis:
         # A row of dots lying on a found line is that line's own texture (the ridge filter
         # pits a wide trail); whether a line is dotted is for its light profile to say.
         rows = [r for r in self._dot_rows() if not any(_covers(s, r) for s in lines)]
-        lines = _merge_fragments(lines + rows, self.factor, self._remeasure)
+        lines = merge_fragments(lines + rows, self.factor, self.remeasure)
         lines = [s for s in lines if s.length_px >= self.params.min_length_px]
         lines.sort(key=lambda s: s.strength, reverse=True)
         return lines[: self.params.max_streaks], blobs
@@ -386,7 +386,7 @@ class DiffAnalysis:
         the rest of the plain image's large components are the diffuse blobs."""
         lines, _ = self._lines_in(self.ridge, hough=True)
         wide, rest = self._lines_in(self.norm, hough=False)
-        lines = _merge_fragments(lines + wide, self.factor, self._remeasure)
+        lines = merge_fragments(lines + wide, self.factor, self.remeasure)
         return lines, self._blobs(rest, lines)
 
     def _lines_in(self, image: np.ndarray, hough: bool):
@@ -444,7 +444,7 @@ class DiffAnalysis:
         a, b = c + t.min() * d, c + t.max() * d
         if self._along(a, b, image) < p.line_k_sigma:
             return None
-        return self._build(a, b, width * self.factor, (ys, xs))
+        return self.measure_segment(a, b, width * self.factor, (ys, xs))
 
     def _along(self, a: np.ndarray, b: np.ndarray, image: np.ndarray) -> float:
         """Median noise-normalised level along a downscaled segment (best of ±1 px across):
@@ -501,19 +501,19 @@ class DiffAnalysis:
                 continue
             taken[cy, cx] = True
             near = np.abs((xs - a[0]) * nx + (ys - a[1]) * ny) <= 1.5
-            out.append(self._build(a, b, float(self.factor), (ys[near], xs[near])))
+            out.append(self.measure_segment(a, b, float(self.factor), (ys[near], xs[near])))
         return out
 
-    def _remeasure(self, streak: Streak) -> Streak:
+    def remeasure(self, streak: Streak) -> Streak:
         """A joined streak measured again along its whole length."""
         if streak.dotted and streak.fwhm_px == 0:  # a row of isolated dots: nothing to trace
             return streak
         a = np.array(self.to_small(streak.x1, streak.y1))
         b = np.array(self.to_small(streak.x2, streak.y2))
-        return self._build(a, b, streak.width_px, streak.pixels)
+        return self.measure_segment(a, b, streak.width_px, streak.pixels)
 
-    def _build(self, a: np.ndarray, b: np.ndarray, width: float,
-               pixels: tuple[np.ndarray, np.ndarray]) -> Streak:
+    def measure_segment(self, a: np.ndarray, b: np.ndarray, width: float,
+                        pixels: tuple[np.ndarray, np.ndarray]) -> Streak:
         """Downscaled endpoints → full-frame Streak, refined on the full-resolution profile."""
         x1, y1 = self.to_full(*a)
         x2, y2 = self.to_full(*b)
@@ -555,7 +555,7 @@ class DiffAnalysis:
         margin, half = 3 * f + 4, f + 1
         ts, prof, light = self._profile(x1, y1, ux, uy, -margin, length + margin, half)
         base = self.full_noise[0]
-        sigma = self._sigma_at((x1 + x2) / 2, (y1 + y2) / 2)
+        sigma = self.sigma_at((x1 + x2) / 2, (y1 + y2) / 2)
         inner = (ts >= 0) & (ts <= length)
         typical = float(np.median(prof[inner])) if inner.any() else 0.0
         level = max(base + self.params.edge_k_sigma * sigma, base + 0.5 * (typical - base))
@@ -638,7 +638,7 @@ class DiffAnalysis:
         smooth = np.convolve(light, np.ones(w) / w, mode="same")
         on_trail = smooth[(ts >= 0) & (ts <= length)]
         plateau = float(np.percentile(on_trail, 90))
-        sigma = self._sigma_at((streak.x1 + streak.x2) / 2, (streak.y1 + streak.y2) / 2)
+        sigma = self.sigma_at((streak.x1 + streak.x2) / 2, (streak.y1 + streak.y2) / 2)
         snr = plateau / (sigma * math.sqrt((2 * half + 1) / w))
         if plateau <= 0:
             return TrailLight(snr=snr, **beyond)
@@ -814,7 +814,7 @@ def _covers(line: Streak, other: Streak) -> bool:
             and r.offset_px <= line.width_px + 4.0)
 
 
-def _merge_fragments(lines: list[Streak], factor: int,
+def merge_fragments(lines: list[Streak], factor: int,
                      remeasure: Callable[[Streak], Streak] | None = None) -> list[Streak]:
     """Join collinear pieces of one streak broken by noise, a mask or a star; `remeasure`
     measures each joined streak again over its whole length (ends, peak, dots, width)."""

@@ -41,12 +41,14 @@ def outputs(previous: np.ndarray, current: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def shipped_score(previous: np.ndarray, current: np.ndarray) -> tuple[str, float, float]:
-    """The shipped bundle's sha256, its recommended threshold, and its score of the pair."""
+    """The shipped bundle's identity (its graphs' sha256s: model.onnx's, then any trail
+    classifier's, joined by '+'), its recommended threshold, and its score of the pair."""
     from edge.model import open_scorer
 
     scorer = open_scorer(SHIPPED)
     manifest = scorer.manifest
-    return manifest.sha256, manifest.recommended_threshold, scorer.score(previous, current)
+    identity = "+".join([manifest.sha256, *(sha for _, sha in manifest.extra_files)])
+    return identity, manifest.recommended_threshold, scorer.score(previous, current)
 
 
 def write_frames(seed: int = 7) -> None:

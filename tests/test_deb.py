@@ -553,6 +553,8 @@ def test_deb_build_install_run_upgrade_purge(tmp_path, tmp_path_factory):
                      "/usr/share/guaita/models/default/model.onnx",
                      "/usr/share/guaita/models/default/manifest.json"):
         assert expected in paths, f"{expected} not in the package"
+    for extra in sorted(model.glob("*.onnx")):  # a trail classifier's graph travels with it
+        assert f"/usr/share/guaita/models/default/{extra.name}" in paths
     certs_line = next(line for line in listing.splitlines() if line.endswith("/etc/guaita/certs/"))
     assert certs_line.startswith("drwxr-x---")
     assert _run(["dpkg-deb", "-f", str(deb), "Package"]).stdout.strip() == "guaita"

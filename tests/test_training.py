@@ -485,3 +485,55 @@ def test_trail_stage_bundle_scores_the_same_in_evaluation_and_on_the_pi(bundle: 
     assert alerts["frames"] == len(valid) and alerts["threshold"] == 0.3
     assert alerts["tp"] <= alone["tp"] and alerts["fp"] <= alone["fp"]  # rules only remove
     assert "through the edge pipeline" in (report_dir / "report.md").read_text()
+
+
+def test_trail_classifier_bundle_scores_the_same_in_evaluation_and_on_the_pi(
+        bundle: Path, indexed: Path, tmp_path: Path):
+    from edge.model import open_scorer
+    from edge.trail_classifier import MODEL_FILE, TrailClassifier
+    from training.evaluate import score_bundle
+    from training.trail_classifier import CACHE_DIR
+
+    out, report_path = tmp_path / "classified", tmp_path / "classifier.json"
+    # 12 epochs: on these ~600 candidates 3 left the trail's weight <= 0 (a refusal) in 3 of 4
+    # seeds, 12 gave 0.55-0.90 in 3 of 3.
+    args = ["trail-classifier", "--data", str(indexed), "--bundle", str(bundle), "--out",
+            str(out), "--version", "0.0.3", "--epochs", "12", "--neg-ratio", "3", "--workers",
+            "2", "--threads", THREADS, "--report", str(report_path)]
+    assert main(args) == 0
+    before, after = load_bundle(bundle).manifest, load_bundle(out).manifest
+    assert after.sha256 == before.sha256 and after.version == "0.0.3"  # same network
+    stage = after.trail_stage
+    assert isinstance(stage, TrailClassifier) and (out / MODEL_FILE).is_file()
+    assert stage.trail_weight > 0 and "alerts" not in after.metrics
+    report = json.loads(report_path.read_text())
+    df, _ = load_index(indexed)
+    train, valid = df[df["split"] == "train"], df[df["split"] == "valid"]
+    fitted = stage.fitted_on
+    assert fitted["frames"] == len(train) and fitted["candidates"] > 0
+    assert fitted["meteor_frames"] == int((train["label"] == "meteor").sum())
+    assert fitted["onnx_max_abs_logit_diff"] <= 1e-3
+    assert [h["epoch"] for h in report["history"]] == list(range(12))
+    gain = report["valid"]
+    assert gain["frames"] == len(valid)
+    for score in ("model_alone", "trail_alone", "staged"):
+        assert set(gain[score]) == {"recall_within_3_per_1000", "recall_within_10_per_1000"}
+    # The examples are cached: a second fit on the same frames reads them back.
+    caches = list((indexed / CACHE_DIR).glob("*/train.npz"))
+    assert len(caches) == 1
+    stamp = caches[0].stat().st_mtime_ns
+    assert main([*args[:6], str(tmp_path / "again"), *args[7:]]) == 0
+    assert caches[0].stat().st_mtime_ns == stamp
+    # Evaluation (cached network inputs, the classifier from the frames, two workers) gives the
+    # Pi's score, frame by frame.
+    rows = valid.reset_index(drop=True)
+    evaluated = score_bundle(out, rows, None, 3, None, False, 1, workers=2)
+    scorer = open_scorer(out)
+    on_pi = [scorer.score(read_gray(r["previous"]), read_gray(r["frame"]))
+             for _, r in rows.iterrows()]
+    assert np.allclose(evaluated.probs, on_pi, atol=1e-5)
+    assert np.allclose(evaluated.network, score_bundle(bundle, rows, None, 3, None, False,
+                                                       1).probs, atol=1e-5)
+    # A bundle index of another preprocessing is refused with a message, not a traceback.
+    assert main(["trail-classifier", "--data", str(indexed), "--bundle", str(bundle), "--out",
+                 str(tmp_path / "x"), "--epochs", "0"]) == 2

@@ -475,7 +475,7 @@ def test_each_missed_meteor_is_blamed_on_the_first_reason_that_applies():
     missed = where_missed(df, y, s, 0.8, ranks, 16)
     rows = {r["bin"]: r for r in missed["rows"]}
     assert rows["all"] == {"bin": "all", "meteors": 6, "detected": 2, "outside_windows": 1,
-                           "under_stage_floor": 2, "under_threshold": 1}
+                           "no_candidate_line": 0, "under_stage_floor": 2, "under_threshold": 1}
     assert rows["20–40"]["meteors"] == 4 and rows["80–160"]["detected"] == 1
     assert rows["80–160"]["under_stage_floor"] == 1  # f4: coverage unknown, network 0.2
     # A bundle without a stage, no coverage: every miss is the score's.
@@ -488,6 +488,15 @@ def test_each_missed_meteor_is_blamed_on_the_first_reason_that_applies():
     assert "network < 0.3" in card and "outside the windows" in card
     assert "| all | 6 | 2 | 1 | 2 | 1 |" in card
     assert "network <" not in "\n".join(missed_table(plain)) and missed_table(None) == []
+    # A trail classifier's bundle: the windows do not hide a meteor its candidate lines hold;
+    # one without a line along it is blamed on the search (f1), unknown ones (f4) are not.
+    lines = {"f0.jpg": True, "f1.jpg": False, "f2.jpg": True, "f3.jpg": True, "f5.jpg": True}
+    classified = Scored("m", "onnx", 0.8, staged, network=network, on_line=lines)
+    by = {r["bin"]: r for r in where_missed(df, y, classified, 0.8, ranks, 16)["rows"]}
+    assert by["all"] == {"bin": "all", "meteors": 6, "detected": 2, "outside_windows": 0,
+                         "no_candidate_line": 1, "under_stage_floor": 0, "under_threshold": 3}
+    table = "\n".join(missed_table(where_missed(df, y, classified, 0.8, ranks, 16)))
+    assert "no candidate line along it" in table and "outside the windows" not in table
 
 
 def test_trail_stage_gain_is_zero_recall_where_no_threshold_keeps_the_budget():

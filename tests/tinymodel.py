@@ -102,3 +102,61 @@ def make_tiny_bundle(
         model = root / MODEL_NAME
         model.write_bytes(tiny_onnx((bias[0] + 1.0, bias[1]), sensitivity))
     return root
+
+
+def tiny_trail_onnx(gain: float = 1.0, offset: float = 0.0) -> bytes:
+    """A trail classifier graph: logit = gain · max over the strip's channel 0 + offset (the
+    brightest new light along the candidate, in log noise units), scalars ignored but required."""
+    from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Slice", ["strips", "c0", "c1", "axis"], ["appeared"]),
+            helper.make_node("ReduceMax", ["appeared", "axes"], ["peak"], keepdims=0),
+            helper.make_node("Mul", ["peak", "gain"], ["scaled"]),
+            helper.make_node("ReduceSum", ["scalars", "one"], ["total"], keepdims=0),
+            helper.make_node("Mul", ["total", "zero"], ["ignored"]),
+            helper.make_node("Add", ["scaled", "offset"], ["shifted"]),
+            helper.make_node("Add", ["shifted", "ignored"], ["logits"]),
+        ],
+        "tiny-trail",
+        [helper.make_tensor_value_info("strips", TensorProto.FLOAT,
+                                       ["N", CHANNELS, ACROSS, ALONG]),
+         helper.make_tensor_value_info("scalars", TensorProto.FLOAT, ["N", len(SCALARS)])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N"])],
+        initializer=[
+            numpy_helper.from_array(np.array([0], np.int64), "c0"),
+            numpy_helper.from_array(np.array([1], np.int64), "c1"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
+            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.array(gain, np.float32), "gain"),
+            numpy_helper.from_array(np.array(offset, np.float32), "offset"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def make_tiny_classifier_bundle(directory: str | Path, *, gain: float = 1.0,
+                                offset: float = 0.0, weights=(1.0, 0.0, 0.0),
+                                empty_logit: float = -12.0, **kwargs) -> Path:
+    """A tiny bundle (above) with a trail classifier stage holding `tiny_trail_onnx`;
+    `weights` = (trail, network, bias) of the bundle's score."""
+    import hashlib
+    import json
+
+    from edge.bundle import MANIFEST_NAME
+    from edge.trail_classifier import MODEL_FILE, TrailClassifier
+
+    root = make_tiny_bundle(directory, **kwargs)
+    trail = tiny_trail_onnx(gain, offset)
+    stage = TrailClassifier(sha256=hashlib.sha256(trail).hexdigest(), trail_weight=weights[0],
+                            network_weight=weights[1], bias=weights[2], empty_logit=empty_logit)
+    data = json.loads((root / MANIFEST_NAME).read_text())
+    data["trail_stage"] = stage.to_dict()
+    write_bundle(root, (root / MODEL_NAME).read_bytes(), data, {MODEL_FILE: trail})
+    return root

@@ -89,6 +89,25 @@ def best_within(y, p, fp_per_1000: float) -> dict[str, Any] | None:
     return {**best, "fp_budget_per_1000": fp_per_1000}
 
 
+STAGE_BUDGETS = (3.0, 10.0)  # false positives per 1,000 frames a second stage is judged at
+
+
+def recall_within_budgets(y, p) -> dict[str, float]:
+    """{"recall_within_3_per_1000": …, …}: best recall at each of STAGE_BUDGETS. No threshold
+    within a budget (a few frames, one false positive too many) counts as recall 0."""
+    found = {b: best_within(y, p, b) for b in STAGE_BUDGETS}
+    return {f"recall_within_{b:g}_per_1000": float(m["recall"]) if m else 0.0
+            for b, m in found.items()}
+
+
+def stage_gain_summary(valid: dict[str, Any], staged_name: str) -> str:
+    """"within 3/1,000: network 0.345, with the <staged_name> 0.658, …" for a CLI's last line."""
+    return ", ".join(
+        f"within {b:g}/1,000: network {valid['model_alone'][k]:.3f}, with the {staged_name} "
+        f"{valid['staged'][k]:.3f}"
+        for b in STAGE_BUDGETS for k in [f"recall_within_{b:g}_per_1000"])
+
+
 def roc_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
     """(fpr, tpr, auc) over every distinct score; auc by the trapezoid rule."""
     y, p = _arrays(y, p)

@@ -45,9 +45,10 @@ def night_folders(rows) -> list[Path]:
     return sorted({Path(p).parent for p in rows["frame"]})
 
 
-def run_pipeline(bundle: Path, nights: list[Path], threshold: float,
-                 threads: int = 1) -> dict[str, dict[str, Any]]:
-    """Every frame of `nights` through the edge pipeline: {frame path: score, alert, reason}."""
+def _night_results(bundle: str, night: Path, threshold: float,
+                   threads: int) -> dict[str, dict[str, Any]]:
+    """One night through a fresh pipeline, as the daemon starts a night (a fresh learned mask
+    included): {frame path: score, alert, reason, second look}."""
     from edge.config import parse_config
     from edge.decide import AutoMask
     from edge.frames import list_frames
@@ -58,18 +59,35 @@ def run_pipeline(bundle: Path, nights: list[Path], threshold: float,
     cfg = parse_config("", source="<built-in defaults>")  # what a fresh install runs
     cfg = replace(cfg, detection=replace(cfg.detection, threshold=threshold, threads=threads))
     scorer = open_scorer(bundle, threads=threads)
+    auto_mask = AutoMask() if cfg.suppression.enabled and cfg.suppression.auto_mask else None
+    pipeline = make_pipeline(cfg, scorer, auto_mask)
+    frames = list_frames(night)
+    out = {str(d.frame.path): {"score": float(d.score), "alert": d.alert,
+                               "suppressed": d.suppressed, "second_look": d.second_look}
+           for d in scan_decisions(pipeline, frames, progress=False)}
+    log.info("  %s: %d frames", night.name, len(frames))
+    return out
+
+
+def _night_job(job: tuple[str, Path, float, int]) -> dict[str, dict[str, Any]]:
+    return _night_results(*job)
+
+
+def run_pipeline(bundle: Path, nights: list[Path], threshold: float, threads: int = 1,
+                 workers: int = 1) -> dict[str, dict[str, Any]]:
+    """Every frame of `nights` through the edge pipeline: {frame path: score, alert, reason};
+    nights are independent, so `workers` processes run them side by side."""
+    jobs = [(str(bundle), night, threshold, threads) for night in nights]
     out: dict[str, dict[str, Any]] = {}
-    for night in nights:
-        # One pipeline per night, as the daemon starts a night: a fresh learned mask included.
-        auto_mask = AutoMask() if cfg.suppression.enabled and cfg.suppression.auto_mask else None
-        pipeline = make_pipeline(cfg, scorer, auto_mask)
-        frames = list_frames(night)
-        for decision in scan_decisions(pipeline, frames, progress=False):
-            out[str(decision.frame.path)] = {"score": float(decision.score),
-                                             "alert": decision.alert,
-                                             "suppressed": decision.suppressed,
-                                             "second_look": decision.second_look}
-        log.info("  %s: %d frames", night.name, len(frames))
+    if workers <= 1 or len(jobs) < 2:
+        for job in jobs:
+            out.update(_night_job(job))
+        return out
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        for part in pool.map(_night_job, jobs):
+            out.update(part)
     return out
 
 
@@ -82,11 +100,11 @@ def results_for(rows, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     return [results[str(p)] for p in rows["frame"]]
 
 
-def alerts_at(bundle: Path, rows, threshold: float,
-              threads: int = 1) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+def alerts_at(bundle: Path, rows, threshold: float, threads: int = 1,
+              workers: int = 1) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
     """The rows' nights through the pipeline at `threshold`, exactly as the Pi runs them: the
     results by frame, and per row 1.0 where it alerted, else 0.0."""
-    results = run_pipeline(bundle, night_folders(rows), threshold, threads)
+    results = run_pipeline(bundle, night_folders(rows), threshold, threads, workers)
     return results, np.asarray([float(r["alert"]) for r in results_for(rows, results)])
 
 
@@ -204,7 +222,8 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
         raise TrainingError("the validation nights hold no meteor: cannot choose a threshold")
 
     log.info("validation nights through the pipeline (threshold 0: every frame a candidate)")
-    v_results = run_pipeline(bundle.root, night_folders(valid), 0.0, args.threads)
+    v_results = run_pipeline(bundle.root, night_folders(valid), 0.0, args.threads,
+                             args.workers)
     yv = (valid["label"] == METEOR).to_numpy()
     classifier_v = np.asarray([r["score"] for r in results_for(valid, v_results)])
     pipeline_v = alert_scores(valid, v_results)
@@ -226,7 +245,8 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
     if not test.empty and not args.no_test:
         log.info("test nights through the pipeline at threshold %.3f, as the Pi runs them",
                  threshold)
-        t_results, alerts_t = alerts_at(bundle.root, test, threshold, args.threads)
+        t_results, alerts_t = alerts_at(bundle.root, test, threshold, args.threads,
+                                        args.workers)
         yt = (test["label"] == METEOR).to_numpy()
         classifier_t = np.asarray([r["score"] for r in results_for(test, t_results)])
         report["test"] = {
@@ -268,6 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at most 3 false alerts per 1,000 frames at 90 %% confidence; "
                              "fp:0.003 without the margin)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes running nights side by side (default 1)")
     parser.add_argument("--no-test", action="store_true", help="skip the test-night run")
     parser.add_argument("--dry-run", action="store_true", help="report, leave the bundle as is")
     parser.add_argument("--report", type=Path, help="also write the report JSON here")

@@ -69,6 +69,9 @@ class Scored:
     info: dict[str, Any] = field(default_factory=dict)
     # A staged bundle: the network's own probabilities, before the trail stage re-scored them.
     network: np.ndarray | None = None
+    # A trail classifier's bundle: per meteor frame (path) with a known segment, whether one of
+    # its candidate lines lay along the meteor.
+    on_line: dict[str, bool] | None = None
 
 
 # ---------------------------------------------------------------- scoring
@@ -111,10 +114,63 @@ def score_cached(scorer, paths: list[str], channels: int) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
-def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_path: str | None,
-                 from_frames: bool, threads: int) -> Scored:
+_WORKER: dict[str, Any] = {}
+
+
+def _open_worker(bundle: str, mask_path: str | None) -> None:
     from edge.model import open_scorer
     from edge.preprocess import read_gray
+
+    _WORKER["scorer"] = open_scorer(bundle, threads=1)
+    _WORKER["mask"] = read_gray(mask_path) if mask_path else None
+
+
+def _staged_one(job: tuple[str, str, float, Any]) -> tuple[float, bool | None]:
+    """One frame pair's staged score, and for the trail classifier whether a candidate line lay
+    along the true meteor (None: no trail classifier, or no segment to check)."""
+    from edge.preprocess import read_gray
+    from edge.trail_classifier import TrailClassifier
+    from training.trail_classifier import MIN_COVER, cover
+
+    previous, current, network, segment = job
+    scorer, mask = _WORKER["scorer"], _WORKER["mask"]
+    stage = scorer.manifest.trail_stage
+    previous, current = read_gray(previous), read_gray(current)
+    if not isinstance(stage, TrailClassifier):
+        return scorer.staged(network, previous, current, mask), None
+    verdict = scorer.trail(previous, current, mask)
+    seen = None if segment is None else any(cover(segment, c.streak) >= MIN_COVER
+                                            for c in verdict.candidates)
+    return stage.combine(network, verdict.frame_logit), seen
+
+
+def staged_scores(bundle: Path, previous: list[str], current: list[str], network: list[float],
+                  mask_path: str | None, workers: int = 1,
+                  segments: list[Any] | None = None) -> list[tuple[float, bool | None]]:
+    """The bundle's trail stage on frame pairs whose network scores are known (the stage reads
+    the frames: the Pi's own scorer), in `workers` processes: per pair (score, whether the
+    trail classifier had a candidate line along the meteor `segments` gives, or None)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    segments = segments if segments is not None else [None] * len(previous)
+    jobs = list(zip(previous, current, network, segments, strict=True))
+    if workers <= 1 or len(jobs) < 64:
+        _open_worker(str(bundle), mask_path)
+        return [_staged_one(j) for j in tqdm(jobs, desc="trail stage", unit="frame",
+                                             disable=None)]
+    with ProcessPoolExecutor(workers, initializer=_open_worker,
+                             initargs=(str(bundle), mask_path)) as pool:
+        return list(tqdm(pool.map(_staged_one, jobs, chunksize=16), total=len(jobs),
+                         desc="trail stage", unit="frame", disable=None))
+
+
+def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_path: str | None,
+                 from_frames: bool, threads: int, workers: int = 1) -> Scored:
+    from edge.model import open_scorer
+    from edge.preprocess import read_gray
+    from edge.trail_classifier import TrailClassifier
 
     scorer = open_scorer(path, threads=threads)
     man = scorer.manifest
@@ -123,6 +179,7 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
                             f"the dataset has {channels}")
     mask = read_gray(mask_path) if mask_path else None
     stage = man.trail_stage
+    seen: dict[int, bool] = {}
     if from_frames:
         # Exactly the edge's path: decode the JPEGs, preprocess with the bundle's spec, score
         # (Scorer.score is model_score then staged; kept apart to keep the network's score).
@@ -135,29 +192,37 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
         network = score_cached(scorer, list(df["path"]), channels).tolist()
         probs = list(network)
         if stage is not None:
-            # The trail stage reads the frames themselves: only for the model's candidates.
-            from tqdm import tqdm
-
-            picked = [i for i, p in enumerate(probs) if p >= stage.min_score]
-            for i in tqdm(picked, desc="trail stage", unit="frame", disable=None):
-                row = df.iloc[i]
-                probs[i] = scorer.staged(probs[i], read_gray(row["previous"]),
-                                         read_gray(row["frame"]), mask)
+            # The trail stage reads the frames themselves: the logistic stage only the
+            # model's candidates, the trail classifier every frame.
+            picked = [i for i, p in enumerate(probs)
+                      if isinstance(stage, TrailClassifier) or p >= stage.min_score]
+            staged = staged_scores(path, [df.iloc[i]["previous"] for i in picked],
+                                   [df.iloc[i]["frame"] for i in picked],
+                                   [probs[i] for i in picked], mask_path, workers,
+                                   [meteor_segment(df.iloc[i]) for i in picked])
+            for i, (p, on_line) in zip(picked, staged, strict=True):
+                probs[i] = p
+                if on_line is not None:
+                    seen[i] = on_line
     t = man.recommended_threshold if threshold is None else threshold
     info = {"path": str(path), "bundle": scorer.bundle.label, "from_frames": from_frames,
             "recommended_threshold": man.recommended_threshold,
             "trail_stage": stage is not None}
-    if stage is not None:
+    if stage is not None and not isinstance(stage, TrailClassifier):
         info["stage_floor"] = stage.min_score
+    on_line = None
+    if isinstance(stage, TrailClassifier) and not from_frames:
+        on_line = {str(df.iloc[i]["frame"]): v for i, v in seen.items()}
     return Scored(f"onnx:{scorer.bundle.label}", "onnx", t, np.asarray(probs), info=info,
-                  network=np.asarray(network) if stage is not None else None)
+                  network=np.asarray(network) if stage is not None else None,
+                  on_line=on_line)
 
 
 # ---------------------------------------------------------------- analysis
 
 
 def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
-                    threads: int) -> dict[str, Any]:
+                    threads: int, workers: int = 1) -> dict[str, Any]:
     """The split's nights, every frame, through the edge pipeline at `threshold` as the Pi runs
     them (suppression rules, learned mask): recall and false alerts of its alerts."""
     from training.alert_threshold import alerts_at, alerts_headline
@@ -166,7 +231,7 @@ def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
         raise TrainingError("--alerts needs the index's frame paths")
     log.info("%s: the %s nights through the edge pipeline at threshold %.3f", bundle,
              df["split"].iloc[0], threshold)
-    return alerts_headline(y, alerts_at(bundle, df, threshold, threads)[1], threshold)
+    return alerts_headline(y, alerts_at(bundle, df, threshold, threads, workers)[1], threshold)
 
 
 def _truthy(column) -> np.ndarray:
@@ -213,17 +278,21 @@ def breakdowns(df, y: np.ndarray, p: np.ndarray, t: float) -> dict[str, Any]:
     return out
 
 
-MISS_CAUSES = ("outside_windows", "under_stage_floor", "under_threshold")
+MISS_CAUSES = ("outside_windows", "no_candidate_line", "under_stage_floor", "under_threshold")
 
 
 def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
                  window_rank: dict[str, int | None] | None, shown: int) -> dict[str, Any]:
     """Every meteor frame at `threshold`: detected, or the first reason it was not. Its meteor
-    lay outside the windows the network is shown (m1, simulator segment known), or the network
-    scored it under the trail stage's floor (never re-scored), or it scored under the threshold.
-    By peak brightness: which lever the next model needs (the mosaic, the network, the ranking)."""
+    lay outside the windows the network is shown (m1, simulator segment known; not for a trail
+    classifier's bundle, whose candidate lines may still hold it), or no candidate line of the
+    trail classifier lay along it, or the network scored it under the trail stage's floor
+    (never re-scored), or it scored under the threshold. By peak brightness: which lever the
+    next model needs (the mosaic or candidate search, the network, the ranking)."""
     floor = s.info.get("stage_floor")
-    known = window_rank or {}  # frames without a known segment are not blamed on the windows
+    # Frames without a known segment are not blamed on the windows or the candidates.
+    known = {} if s.on_line is not None else (window_rank or {})
+    lines = s.on_line or {}
     frames = df["frame"].tolist() if "frame" in df.columns else [None] * len(df)
     cause = np.full(len(y), "", dtype=object)
     for i in np.flatnonzero(y):
@@ -231,6 +300,8 @@ def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
             cause[i] = "detected"
         elif frames[i] in known and (known[frames[i]] is None or known[frames[i]] >= shown):
             cause[i] = "outside_windows"
+        elif lines.get(frames[i]) is False:
+            cause[i] = "no_candidate_line"
         elif s.network is not None and floor is not None and s.network[i] < floor:
             cause[i] = "under_stage_floor"
         else:
@@ -243,8 +314,9 @@ def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
     rows = [{"bin": name, "meteors": int(sel.sum()),
              **{c: int((cause[sel] == c).sum()) for c in ("detected", *MISS_CAUSES)}}
             for name, sel in bins if sel.any()]
-    return {"threshold": threshold, "windows_checked": window_rank is not None,
-            "stage_floor": floor, "rows": rows}
+    return {"threshold": threshold,
+            "windows_checked": window_rank is not None and s.on_line is None,
+            "lines_checked": s.on_line is not None, "stage_floor": floor, "rows": rows}
 
 
 def missed_columns(missed: dict[str, Any]) -> list[tuple[str, str]]:
@@ -252,6 +324,8 @@ def missed_columns(missed: dict[str, Any]) -> list[tuple[str, str]]:
     columns = [("detected", "found")]
     if missed["windows_checked"]:
         columns.append(("outside_windows", "outside the windows"))
+    if missed.get("lines_checked"):
+        columns.append(("no_candidate_line", "no candidate line along it"))
     if missed["stage_floor"] is not None:
         columns.append(("under_stage_floor", f"network < {missed['stage_floor']:g}"))
     return [*columns, ("under_threshold", "scored too low")]
@@ -666,7 +740,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         log.info("scoring %d %s frames with %s", len(df), args.split, path)
         if _is_bundle(path):
             scored.append(score_bundle(path, df, args.threshold, channels, dmeta.get("mask"),
-                                       args.from_frames, args.threads or 1))
+                                       args.from_frames, args.threads or 1, args.workers))
         else:
             scored.append(score_learner(path, df, args.threshold))
     out: Path = args.out
@@ -676,7 +750,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         for s, m in zip(scored, results, strict=True):
             if s.kind == "onnx":
                 m["alerts"] = pipeline_alerts(Path(s.info["path"]), df, y, s.threshold,
-                                              args.threads or 1)
+                                              args.threads or 1, args.workers)
     figures: dict[str, Any] = {"curves": plot_curves(y, scored, out), "galleries": {}}
     for k, s in enumerate(scored):
         name = f"top-losses-{k}.png"
@@ -744,9 +818,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(suppression rules) at the threshold and count the alerts")
     parser.add_argument("--progress", action="store_true", help="progress bar for the coverage")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime CPU threads")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes for a bundle's trail stage, which reads the frames "
+                             "(default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        log.error("--workers must be >= 1")
+        return 2
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         log.error("--threshold must be between 0 and 1")
         return 2

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.bundle import load_bundle
+from edge.trail_classifier import TrailClassifier
 from training._metrics import TARGET_FP_PER_1000, TARGET_RECALL
 from training.evaluate import format_value, missed_rows
 from training.evaluate import markdown_table as _table
@@ -120,10 +121,52 @@ def missed_table(missed: dict[str, Any] | None) -> list[str]:
             "under the first reason):", "", *_table(*missed_rows(missed))]
 
 
+def _gain_table(gain: dict[str, Any], rows: list[tuple[str, str]]) -> list[str]:
+    """Best recall within each false-positive budget, one row per (title, key of `gain`)."""
+    keys = sorted(gain["model_alone"], key=lambda k: float(k.split("_")[2]))
+    header = ["score", *[k.replace("recall_within_", "≤ ").replace("_per_1000", " / 1,000")
+                         for k in keys]]
+    return _table(header, [[title, *[gain[key][k] for k in keys]] for title, key in rows])
+
+
+def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
+    """The trail classifier: what it looks at, what it was fitted on, what it adds."""
+    fitted = stage.fitted_on or {}
+    scalars = stage.inputs.get("scalars", [])
+    lines = ["## Trail classifier", "",
+             "Every frame pair's candidate lines (`edge/candidates.py`: the line map's "
+             f"{stage.candidates.seeds} strongest maxima traced along their direction, with the "
+             "streak finder's streaks, the "
+             f"{stage.candidates.max_candidates} most significant kept) are laid out as strips "
+             "along their own length (`edge/trail_strip.py`: what appeared and what vanished, "
+             "from half a length before the line to half a length past it), with "
+             f"{len(scalars)} numbers each ({', '.join(scalars)}), and scored by a "
+             f"small CNN (`{stage.model_file}`, "
+             f"{fitted.get('epochs', '?')} epochs on {fitted.get('candidates', '?')} candidates "
+             f"of {fitted.get('frames', '?')} training-night frames, "
+             f"{fitted.get('meteor_frames', '?')} of them meteor frames; hard-negative share "
+             f"{fitted.get('hard_share', '?')}). The frame's trail logit is its best "
+             "candidate's; the bundle's score is sigmoid("
+             f"{stage.trail_weight:.3f} × trail logit {stage.network_weight:+.3f} × "
+             f"logit(network) {stage.bias:+.3f}) (weights fitted on the validation nights), "
+             "so every figure on this card (except int8 against fp32, the network alone) and "
+             "the threshold are for that score.", ""]
+    if gain:
+        lines += [f"Validation nights ({gain['frames']} frames, {gain['meteors']} meteor "
+                  "frames), best recall within the false-positive budget:", ""]
+        lines += _gain_table(gain, [("network alone", "model_alone"),
+                                    ("trail classifier alone", "trail_alone"),
+                                    ("the bundle's score (both)", "staged")])
+        lines.append("")
+    return lines
+
+
 def trail_stage_section(stage, gain: dict[str, Any] | None) -> list[str]:
     """What the bundle's trail stage is, what it was fitted on, what it gained on validation."""
     if stage is None:
         return []
+    if isinstance(stage, TrailClassifier):
+        return classifier_section(stage, gain)
     fitted = stage.fitted_on or {}
     weights = ", ".join(f"{name} {c:+.2f}" for name, c in zip(stage.features, stage.coef,
                                                                 strict=True))
@@ -137,15 +180,11 @@ def trail_stage_section(stage, gain: dict[str, Any] | None) -> list[str]:
              f"candidates of the training nights ({fitted.get('meteors', '?')} meteor frames, "
              f"{fitted.get('nights', '?')} nights). Standardised weights: {weights}.", ""]
     if gain:
-        keys = sorted(gain["model_alone"], key=lambda k: float(k.split("_")[2]))
         lines += [f"Validation nights ({gain['frames']} frames, {gain['meteors']} meteor frames, "
                   f"{gain['candidates']} candidates), best recall within the false-positive "
                   "budget:", ""]
-        lines += _table(["score", *[k.replace("recall_within_", "≤ ").replace("_per_1000",
-                                                                           " / 1,000")
-                                    for k in keys]],
-                        [["network alone", *[gain["model_alone"][k] for k in keys]],
-                         ["with the trail stage", *[gain["staged"][k] for k in keys]]])
+        lines += _gain_table(gain, [("network alone", "model_alone"),
+                                    ("with the trail stage", "staged")])
         lines.append("")
     return lines
 
@@ -292,6 +331,11 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         "the daemon's suppression rules (`docs/suppression.md`) look at the neighbouring frames"
         + (", and the trail stage at the light along the trail, whose light curves here are "
            "the simulator's (check it on labelled real nights)." if m.trail_stage else "."),
+        *(["- The trail classifier learnt what meteors, satellites, aircraft and cloud edges "
+           "look like along their lines from the simulator alone: its meteors' rise and fade, "
+           "its satellites' steady light. A real camera's trails (tumbling satellites, meteor "
+           "wakes, JPEG at another quality) need labelled real nights before its figures hold."]
+          if isinstance(m.trail_stage, TrailClassifier) else []),
         "- Meteors fainter than the training cut (above) were never shown to the model as "
         "positives; the recall-by-brightness table says how it fares on them.",
         "",
@@ -305,8 +349,11 @@ def render(bundle_dir: Path, reports: dict[str, Path],
         f"models/{m.name} --epochs 10 --freeze-epochs 1",
         "guaita export --model ~/guaita-work/model --out ~/guaita-work/bundle --name my-site "
         "--version 1.0.0",
-        "guaita trail-stage --data ~/guaita-work/data --bundle ~/guaita-work/bundle "
-        "--out ~/guaita-work/bundle",
+        *(["guaita trail-classifier --data ~/guaita-work/data --bundle ~/guaita-work/bundle "
+           "--out ~/guaita-work/bundle --workers 4"]
+          if isinstance(m.trail_stage, TrailClassifier) else
+          ["guaita trail-stage --data ~/guaita-work/data --bundle ~/guaita-work/bundle "
+           "--out ~/guaita-work/bundle"]),
         "guaita alert-threshold --bundle ~/guaita-work/bundle --data ~/guaita-work/data",
         "guaita evaluate --data ~/guaita-work/data --model ~/guaita-work/bundle "
         "--out ~/guaita-work/report",

@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from training._common import METEOR, TrainingError, load_index
-from training._metrics import best_within
+from training._metrics import recall_within_budgets, stage_gain_summary
 
 log = logging.getLogger(__name__)
-BUDGETS = (3.0, 10.0)  # false positives per 1,000 frames
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0,
@@ -93,20 +92,33 @@ def held_out_gain(stage, rows, scores: np.ndarray, picked: np.ndarray,
     y = (rows["label"] == METEOR).to_numpy()
     staged = scores.copy()
     staged[picked] = [stage.mapped(stage.probability(f)) for f in features]
-
-    def best(p: np.ndarray) -> dict[str, float]:
-        # No threshold within the budget (a few frames, one false positive too many): the
-        # best recall that keeps it is flagging nothing, 0.
-        found = {b: best_within(y, p, b) for b in BUDGETS}
-        return {f"recall_within_{b:g}_per_1000": float(m["recall"]) if m else 0.0
-                for b, m in found.items()}
-
     return {"frames": len(rows), "meteors": int(y.sum()), "candidates": len(picked),
-            "model_alone": best(scores), "staged": best(staged)}
+            "model_alone": recall_within_budgets(y, scores),
+            "staged": recall_within_budgets(y, staged)}
+
+
+def write_staged_bundle(bundle, out: Path, stage: dict[str, Any], version: str | None,
+                        gain: dict[str, Any], measured_without: str,
+                        extra_files: dict[str, bytes] | None = None):
+    """`bundle` again at `out` with its manifest's trail_stage replaced; the alert threshold
+    was measured without this stage, so the manifest says to choose it again."""
+    from edge.bundle import MANIFEST_NAME, MODEL_NAME, write_bundle
+
+    data = json.loads((bundle.root / MANIFEST_NAME).read_text())
+    data["trail_stage"] = stage
+    if version:
+        data["version"] = version
+    data.pop("created_at", None)
+    metrics = data.setdefault("metrics", {})
+    metrics.pop("alerts", None)  # measured without this stage: run alert-threshold again
+    metrics["trail_stage_valid"] = gain
+    data["threshold_rule"] = (f"carried over from {bundle.label} ({measured_without}): run "
+                              "guaita alert-threshold on this bundle")
+    return write_bundle(out, (bundle.root / MODEL_NAME).read_bytes(), data, extra_files)
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
-    from edge.bundle import MANIFEST_NAME, MODEL_NAME, load_bundle, write_bundle
+    from edge.bundle import load_bundle
     from edge.decide import Decider
     from edge.model import open_scorer
     from edge.preprocess import PreprocessSpec, read_gray
@@ -146,17 +158,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     stage = fit_stage(features, y, args.min_score, params, FEATURES, fitted_on)
     gain = held_out_gain(stage, *splits["valid"])
 
-    data = json.loads((bundle.root / MANIFEST_NAME).read_text())
-    data["trail_stage"] = stage.to_dict()
-    if args.version:
-        data["version"] = args.version
-    data.pop("created_at", None)
-    metrics = data.setdefault("metrics", {})
-    metrics.pop("alerts", None)  # measured on the model alone: run alert-threshold again
-    metrics["trail_stage_valid"] = gain
-    data["threshold_rule"] = (f"carried over from {bundle.label} (model alone): run guaita "
-                              "alert-threshold on this bundle")
-    out = write_bundle(args.out, (bundle.root / MODEL_NAME).read_bytes(), data)
+    out = write_staged_bundle(bundle, args.out, stage.to_dict(), args.version, gain,
+                              "model alone")
     report = {"bundle": out.label, "fitted_on": fitted_on, "valid": gain,
               "stage": stage.to_dict()}
     if args.report:
@@ -185,11 +188,8 @@ def run(args: argparse.Namespace) -> int:
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         print(f"guaita trail-stage: {exc}")
         return 2
-    valid = report["valid"]
-    cells = ", ".join(
-        f"within {b:g}/1,000 {valid['model_alone'][k]:.3f} -> {valid['staged'][k]:.3f}"
-        for b in BUDGETS for k in [f"recall_within_{b:g}_per_1000"])
     print(f"wrote {args.out} ({report['bundle']}): stage fitted on "
           f"{report['fitted_on']['candidates']} training candidates; validation best recall "
-          f"{cells}. Next: guaita alert-threshold --bundle {args.out}")
+          f"{stage_gain_summary(report['valid'], 'stage')}. "
+          f"Next: guaita alert-threshold --bundle {args.out}")
     return 0

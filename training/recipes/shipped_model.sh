@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-"$REPO/.venv/bin/python"}
 WORK=${WORK:-/tmp/guaita-shipped}           # simulated frames, caches, model, reports
 OUT=${OUT:-"$REPO/models/guaita-r18-sim"}   # the bundle
 NAME=${NAME:-guaita-r18-sim}
-VERSION=${VERSION:-2.2.0}
+VERSION=${VERSION:-3.0.0}
 
 CAMERAS=${CAMERAS:-12}       # simulated sites: lens, skyline, light pollution differ
 NIGHTS=${NIGHTS:-8}          # nights per camera (conditions drawn: clear/moon/cloudy/overcast)
@@ -49,7 +49,9 @@ UNTIL=${UNTIL:-5}            # stop after this step (e.g. 2: only simulate and i
 FROM_STEP=${FROM_STEP:-1}    # e.g. 4: re-export and re-evaluate an already trained $WORK/model
 ALERT_RULE=${ALERT_RULE:-fp:0.003@0.9}  # the shipped threshold: <= 3 false alerts per 1,000
                              # frames at 90 % confidence (a margin for nights to come)
-STAGE=${STAGE:-1}            # fit the trail stage (edge/trail_stage.py) on the training nights
+STAGE=${STAGE:-0}            # fit the logistic trail stage (edge/trail_stage.py, 2.1-2.2's) instead
+CLASSIFIER=${CLASSIFIER:-1}  # give the bundle the trail classifier (edge/trail_classifier.py)
+CLASSIFIER_EPOCHS=${CLASSIFIER_EPOCHS:-10}
 EXPORT=${EXPORT:-1}          # 0: keep the bundle already at $OUT (re-stage, re-threshold it)
 FRESH=${FRESH:-4}            # cameras simulated for the final check alone (0: skip it)
 VALID_EXTRA=${VALID_EXTRA:-4} # cameras simulated to add validation nights for the threshold
@@ -123,6 +125,14 @@ if [[ "$STAGE" == 1 ]]; then
   "$GUAITA" trail-stage --data "$WORK/data" --bundle "$OUT" --out "$OUT" --version "$VERSION" \
     --threads "$THREADS" --report "$WORK/trail-stage.json"
 fi
+if [[ "$CLASSIFIER" == 1 ]]; then
+  # The trail classifier looks along every candidate line of every frame (faint meteors the
+  # network's windows miss, satellites' even light and cut-off ends); fitted on the training
+  # nights, its weight beside the network's on the validation nights.
+  "$GUAITA" trail-classifier --data "$WORK/data" --bundle "$OUT" --out "$OUT" \
+    --version "$VERSION" --epochs "$CLASSIFIER_EPOCHS" --workers "$THREADS" --threads "$THREADS" \
+    --seed "$SEED" --progress --report "$WORK/trail-classifier.json"
+fi
 # False alerts cluster by night (a night of satellites), so 14 validation nights choose the
 # threshold loosely: cameras 40, 41, ... add nights for the threshold alone (none trains).
 extra=()
@@ -131,15 +141,15 @@ if ((VALID_EXTRA > 0)); then
   extra=(--data "$WORK/data-valid")
 fi
 "$GUAITA" alert-threshold --bundle "$OUT" --data "$WORK/data" "${extra[@]}" --rule "$ALERT_RULE" \
-  --threads "$THREADS" --report "$WORK/alerts.json"
+  --workers "$THREADS" --report "$WORK/alerts.json"
 
 log "5/5 evaluate fp32 learner and int8 bundle on the held-out test nights"
 compared=(--model "$OUT")  # with the fp32 learner where this work folder still has it
 if [[ -d "$WORK/model" ]]; then compared=(--model "$WORK/model" --model "$OUT"); fi
 "$GUAITA" evaluate --data "$WORK/data" "${compared[@]}" \
-  --out "$WORK/report" --threads "$THREADS"
+  --out "$WORK/report" --threads "$THREADS" --workers "$THREADS"
 "$GUAITA" evaluate --data "$WORK/data" --split valid --model "$OUT" \
-  --out "$WORK/report-valid" --threads "$THREADS" --gallery 8
+  --out "$WORK/report-valid" --threads "$THREADS" --workers "$THREADS" --gallery 8
 log "done: $OUT (report: $WORK/report/report.md)"
 
 if [[ "${HOLDOUT:-1}" == 1 ]]; then
@@ -157,7 +167,7 @@ simulate('$dir', nights=4, frames=200, seed=$SEED + 9999, width=$WIDTH, height=$
   "$GUAITA" dataset index --truth "$dir/truth.csv" --out "$WORK/data-unseen" --preprocess "$PREPROCESS" \
     --size "$SIZE" "${tiles[@]}" --all-in test --workers "$THREADS" --no-progress
   "$GUAITA" evaluate --data "$WORK/data-unseen" --model "$OUT" --out "$WORK/report-unseen" \
-    --threads "$THREADS" --gallery 8
+    --threads "$THREADS" --workers "$THREADS" --gallery 8
 fi
 
 if ((FRESH > 0)); then
@@ -166,7 +176,7 @@ if ((FRESH > 0)); then
   log "extra: $FRESH fresh cameras, every night test, alerts through the pipeline"
   index_extra_cameras fresh 20 "$FRESH" test
   "$GUAITA" evaluate --data "$WORK/data-fresh" --model "$OUT" --out "$WORK/report-fresh" \
-    --alerts --threads "$THREADS" --gallery 8
+    --alerts --threads "$THREADS" --workers "$THREADS" --gallery 8
 fi
 
 log "model card: $OUT/README.md"

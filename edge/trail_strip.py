@@ -1,0 +1,106 @@
+"""A candidate's strip: the difference resampled along its line, the trail classifier's input.
+
+The CNN of the bundle sees small windows, where a piece of a satellite trail and a piece of a
+meteor look alike. Laid out along the whole line, they do not: a meteor brightens from nothing
+and fades (its light goes on, fainter, past the ends the streak finder put at half its level),
+a satellite shines evenly and is cut off where the exposure or the Earth's shadow cut it, and
+what it left in the previous frame lies on the same line (the negative difference). The strip
+shows all of that at a scale set by the candidate's own length, so a 40-px and a 400-px trail
+look alike:
+
+* along the line: `ALONG` samples from half a length before its first end to half a length
+  past its second (the segment itself is the middle half);
+* across: `ACROSS` samples, 1 px apart, centred on the line;
+* channel 0 what appeared (the positive difference), channel 1 what vanished (the negative
+  difference), each in units of the local noise σ and compressed as sign · log(1 + |x|).
+
+Besides the picture, a few numbers the picture cannot carry (`SCALARS`): the length, the peak
+over the noise, the width, the distance from the zenith, the candidate's significance and rank,
+how many candidates the frame holds, and the light along the line as the streak finder reads it
+(`DiffAnalysis.steadiness`: box-ness, end quarters, the light past the ends; the logistic trail
+stage's inputs, which the picture shows only at 1-px resolution across). Defined once here:
+training builds its examples with these functions and the Pi scores with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import astuple
+
+import cv2
+import numpy as np
+
+from edge.candidates import Candidate
+from edge.streaks import DiffAnalysis, robust_spread
+
+ALONG = 96
+ACROSS = 21
+CHANNELS = 2
+LIGHT = ("box", "light_snr", "end_light", "end_imbalance", "end_bright", "middle", "variation",
+         "peak_offset", "beyond_dim", "beyond_bright")  # TrailLight's fields, in its order
+SCALARS = ("log_length", "peak_snr", "fwhm_px", "dotted", "dots", "zenith_distance",
+           "significance", "rank", "candidates", "noise", *LIGHT)
+
+
+class NegativeDifference:
+    """The negative difference (previous − current, saturating at 0) with its noise level,
+    computed once per frame for all its candidates."""
+
+    def __init__(self, negative: np.ndarray) -> None:
+        self.image = negative
+        self.base, spread = robust_spread(negative[::4, ::4])
+        self.spread = max(spread, 1.0)
+
+
+def _resample(image: np.ndarray, x1: float, y1: float, ux: float, uy: float, length: float,
+              base: float, sigma: float) -> np.ndarray:
+    along = np.linspace(-0.5, 1.5, ALONG, dtype=np.float32) * length
+    across = np.arange(ACROSS, dtype=np.float32) - (ACROSS - 1) / 2
+    xs = (x1 + along[None, :] * ux - across[:, None] * uy).astype(np.float32)
+    ys = (y1 + along[None, :] * uy + across[:, None] * ux).astype(np.float32)
+    values = cv2.remap(image, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=float(base))
+    return (values.astype(np.float32) - base) / sigma
+
+
+def strip(analysis: DiffAnalysis, negative: NegativeDifference,
+          candidate: Candidate) -> np.ndarray:
+    """The candidate's (CHANNELS, ACROSS, ALONG) float32 strip."""
+    s = candidate.streak
+    length = max(s.length_px, 8.0)
+    ux, uy = (s.x2 - s.x1) / length, (s.y2 - s.y1) / length
+    # The local noise near the candidate (moonlight, lit cloud), relative to the frame's.
+    local = analysis.sigma_at((s.x1 + s.x2) / 2, (s.y1 + s.y2) / 2) / analysis.full_noise[1]
+    appeared = _resample(analysis.difference, s.x1, s.y1, ux, uy, length,
+                         analysis.full_noise[0], analysis.full_noise[1] * local)
+    vanished = _resample(negative.image, s.x1, s.y1, ux, uy, length, negative.base,
+                         negative.spread * local)
+    both = np.stack([appeared, vanished])
+    return np.sign(both) * np.log1p(np.abs(both))
+
+
+def scalars(analysis: DiffAnalysis, candidate: Candidate, rank: int,
+            count: int) -> np.ndarray:
+    """The candidate's `SCALARS`, float32, in that order."""
+    s = candidate.streak
+    h, w = analysis.difference.shape
+    sigma = analysis.sigma_at((s.x1 + s.x2) / 2, (s.y1 + s.y2) / 2)
+    zenith = math.hypot((s.x1 + s.x2 - w) / 2, (s.y1 + s.y2 - h) / 2) / (0.5 * min(h, w))
+    light = astuple(analysis.steadiness(s))
+    return np.array([math.log(max(s.length_px, 1.0)), s.peak / sigma, s.fwhm_px,
+                     float(s.dotted), float(s.dots), zenith, candidate.significance,
+                     float(rank), float(count), sigma, *light], np.float32)
+
+
+def frame_inputs(analysis: DiffAnalysis, negative: np.ndarray,
+                 candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+    """All of a frame's candidates as a batch: strips (N, CHANNELS, ACROSS, ALONG) and
+    scalars (N, len(SCALARS))."""
+    if not candidates:
+        return (np.zeros((0, CHANNELS, ACROSS, ALONG), np.float32),
+                np.zeros((0, len(SCALARS)), np.float32))
+    neg = NegativeDifference(negative)
+    strips = np.stack([strip(analysis, neg, c) for c in candidates])
+    numbers = np.stack([scalars(analysis, c, k, len(candidates))
+                        for k, c in enumerate(candidates)])
+    return strips, numbers
