@@ -15,11 +15,10 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.bundle import Bundle, BundleError, load_bundle
-from edge.candidates import Candidate, find_candidates
+from edge.candidates import Candidate
 from edge.preprocess import Preprocessor, apply_mask, positive_difference, to_nchw
-from edge.streaks import DiffAnalysis
 from edge.trail_classifier import TrailClassifier
-from edge.trail_strip import frame_inputs
+from edge.trail_strip import pair_inputs
 
 
 @dataclass(frozen=True)
@@ -90,13 +89,10 @@ class Scorer:
         stage = self.manifest.trail_stage
         if not isinstance(stage, TrailClassifier) or self.trail_session is None:
             raise BundleError(f"{self.bundle.label} has no trail classifier")
-        difference = apply_mask(positive_difference(previous, current), mask)
-        analysis = DiffAnalysis(difference, stage.streak_params)
-        candidates = find_candidates(analysis, previous, current, mask, stage.candidates)
+        candidates, strips, scalars = pair_inputs(previous, current, mask,
+                                                  stage.streak_params, stage.candidates)
         if not candidates:
             return TrailVerdict([], np.zeros(0, np.float32))
-        negative = apply_mask(positive_difference(current, previous), mask)
-        strips, scalars = frame_inputs(analysis, negative, candidates)
         logits = self.trail_session.run(None, {"strips": strips, "scalars": scalars})[0]
         return TrailVerdict(candidates, np.asarray(logits, np.float32).reshape(-1))
 

@@ -815,7 +815,7 @@ def _covers(line: Streak, other: Streak) -> bool:
 
 
 def merge_fragments(lines: list[Streak], factor: int,
-                     remeasure: Callable[[Streak], Streak] | None = None) -> list[Streak]:
+                    remeasure: Callable[[Streak], Streak] | None = None) -> list[Streak]:
     """Join collinear pieces of one streak broken by noise, a mask or a star; `remeasure`
     measures each joined streak again over its whole length (ends, peak, dots, width)."""
     lines = list(lines)

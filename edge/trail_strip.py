@@ -30,8 +30,9 @@ from dataclasses import astuple
 import cv2
 import numpy as np
 
-from edge.candidates import Candidate
-from edge.streaks import DiffAnalysis, robust_spread
+from edge.candidates import Candidate, CandidateParams, find_candidates
+from edge.preprocess import apply_mask, positive_difference
+from edge.streaks import DiffAnalysis, StreakParams, robust_spread
 
 ALONG = 96
 ACROSS = 21
@@ -90,6 +91,18 @@ def scalars(analysis: DiffAnalysis, candidate: Candidate, rank: int,
     return np.array([math.log(max(s.length_px, 1.0)), s.peak / sigma, s.fwhm_px,
                      float(s.dotted), float(s.dots), zenith, candidate.significance,
                      float(rank), float(count), sigma, *light], np.float32)
+
+
+def pair_inputs(previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None,
+                streak_params: StreakParams, params: CandidateParams,
+                ) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+    """A frame pair's candidate lines and their strips and scalars (`frame_inputs`): what the
+    Pi's scorer feeds the classifier and what training fits it on, the same code."""
+    difference = apply_mask(positive_difference(previous, current), mask)
+    analysis = DiffAnalysis(difference, streak_params)
+    candidates = find_candidates(analysis, previous, current, mask, params)
+    negative = apply_mask(positive_difference(current, previous), mask)
+    return (candidates, *frame_inputs(analysis, negative, candidates))
 
 
 def frame_inputs(analysis: DiffAnalysis, negative: np.ndarray,

@@ -98,19 +98,16 @@ def cover(segment: tuple[float, float, float, float] | None, streak) -> float:
 def frame_examples(previous_path: str, frame_path: str, mask_path: str | None,
                    segment, stage_params: dict[str, Any]):
     """One frame pair's strips, numbers and covers (the Pi's code: Scorer.trail)."""
-    from edge.candidates import CandidateParams, find_candidates
-    from edge.preprocess import apply_mask, positive_difference, read_gray
-    from edge.streaks import DiffAnalysis, StreakParams
-    from edge.trail_strip import frame_inputs
+    from edge.candidates import CandidateParams
+    from edge.preprocess import read_gray
+    from edge.streaks import StreakParams
+    from edge.trail_strip import pair_inputs
 
     previous, current = read_gray(previous_path), read_gray(frame_path)
     mask = read_gray(mask_path) if mask_path else None
-    difference = apply_mask(positive_difference(previous, current), mask)
-    analysis = DiffAnalysis(difference, StreakParams(**stage_params["streak_params"]))
-    candidates = find_candidates(analysis, previous, current, mask,
-                                 CandidateParams.from_dict(stage_params["candidates"]))
-    negative = apply_mask(positive_difference(current, previous), mask)
-    strips, scalars = frame_inputs(analysis, negative, candidates)
+    candidates, strips, scalars = pair_inputs(
+        previous, current, mask, StreakParams(**stage_params["streak_params"]),
+        CandidateParams.from_dict(stage_params["candidates"]))
     covers = np.array([cover(segment, c.streak) for c in candidates], np.float32)
     return strips.astype(np.float16), scalars, covers
 
@@ -227,10 +224,12 @@ def candidate_labels(examples: Examples, meteor_frames: np.ndarray, has_segment:
                      z: np.ndarray | None) -> np.ndarray:
     """1 for the candidates that are the meteor (by segment; by the model's best guess in a
     meteor frame without one: its top candidate by `z`, or by significance before any)."""
+    from edge.trail_strip import SCALARS
+
     labels = ((examples.cover >= MIN_COVER) & meteor_frames[examples.frame]).astype(np.float32)
     blind = meteor_frames & ~has_segment
     if blind.any():
-        key = z if z is not None else examples.scalars[:, 6]  # SCALARS' significance
+        key = z if z is not None else examples.scalars[:, SCALARS.index("significance")]
         best = np.full(examples.frames, -np.inf)
         np.maximum.at(best, examples.frame, key)
         top = blind[examples.frame] & (key >= best[examples.frame])
