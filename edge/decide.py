@@ -63,6 +63,9 @@ class Observation:
     # candidate's streaks are explained and others are not; None where no model is at hand.
     rescore: Callable[[np.ndarray], float] | None = field(default=None, repr=False,
                                                           compare=False)
+    # `difference` already analysed (the scorer's, so streaks are found once a frame); the
+    # decider uses it if it was made with its own streak params.
+    analysis: DiffAnalysis | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("current", "difference"):
@@ -75,6 +78,8 @@ class Observation:
                              f"{self.difference.shape} differ in size")
         if not (math.isfinite(self.score) and math.isfinite(self.threshold)):
             raise ValueError("Observation: score and threshold must be finite numbers")
+        if self.analysis is not None and self.analysis.difference is not self.difference:
+            raise ValueError("Observation.analysis must be made from Observation.difference")
 
     @property
     def detected(self) -> bool:
@@ -224,7 +229,9 @@ class Decider:
 
     def _entry(self, obs: Observation, now: float, last: _Entry | None) -> _Entry:
         cfg = self.cfg
-        analysis = DiffAnalysis(obs.difference, self.params)
+        analysis = obs.analysis
+        if analysis is None or analysis.params != self.params:
+            analysis = DiffAnalysis(obs.difference, self.params)
         flash = step = False
         if cfg.enabled:
             ref = self._ref or (analysis.base, analysis.spread)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from edge.bundle import Bundle, BundleError, load_bundle
 from edge.candidates import Candidate
 from edge.preprocess import Preprocessor, apply_mask, positive_difference, to_nchw
+from edge.streaks import DiffAnalysis
 from edge.trail_classifier import TrailClassifier
 from edge.trail_strip import pair_inputs
 
@@ -68,29 +69,34 @@ class Scorer:
         return float(self.score_inputs([self.preprocess(previous, current, mask)])[0])
 
     def score(
-        self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None
+        self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None,
+        analysis: DiffAnalysis | None = None,
     ) -> float:
-        """The bundle's score: the model's, then the trail stage's for candidates."""
-        return self.staged(self.model_score(previous, current, mask), previous, current, mask)
+        """The bundle's score: the model's, then the trail stage's for candidates.
+        `analysis`: the pair's masked difference already analysed, to share (`pair_inputs`)."""
+        return self.staged(self.model_score(previous, current, mask), previous, current, mask,
+                           analysis)
 
     def staged(self, score: float, previous: np.ndarray, current: np.ndarray,
-               mask: np.ndarray | None = None) -> float:
+               mask: np.ndarray | None = None, analysis: DiffAnalysis | None = None) -> float:
         stage = self.manifest.trail_stage
         if isinstance(stage, TrailClassifier):
-            return stage.combine(score, self.trail(previous, current, mask).frame_logit)
+            return stage.combine(score, self.trail(previous, current, mask, analysis).frame_logit)
         if stage is None or score < stage.min_score:
             return score
         difference = apply_mask(positive_difference(previous, current), mask)
         return stage.rescore(score, difference)
 
     def trail(self, previous: np.ndarray, current: np.ndarray,
-              mask: np.ndarray | None = None) -> TrailVerdict:
+              mask: np.ndarray | None = None,
+              analysis: DiffAnalysis | None = None) -> TrailVerdict:
         """The trail classifier's look along every candidate line of the pair."""
         stage = self.manifest.trail_stage
         if not isinstance(stage, TrailClassifier) or self.trail_session is None:
             raise BundleError(f"{self.bundle.label} has no trail classifier")
         candidates, strips, scalars = pair_inputs(previous, current, mask,
-                                                  stage.streak_params, stage.candidates)
+                                                  stage.streak_params, stage.candidates,
+                                                  analysis)
         if not candidates:
             return TrailVerdict([], np.zeros(0, np.float32))
         logits = self.trail_session.run(None, {"strips": strips, "scalars": scalars})[0]

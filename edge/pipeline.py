@@ -20,6 +20,7 @@ from edge.decide import AutoMask, Decider, Decision, Observation, build_static_m
 from edge.frames import Frame, is_consecutive
 from edge.model import Scorer
 from edge.preprocess import PreprocessError, apply_mask, positive_difference, read_gray
+from edge.streaks import DiffAnalysis
 from edge.watch import previous_on_disk
 
 log = logging.getLogger(__name__)
@@ -113,16 +114,19 @@ class Pipeline:
             ))
         else:
             mask = self._mask_for(current.shape)
-            score = scorer.score(reference.gray, current, mask)
-            t_score = time.perf_counter()
             difference = apply_mask(positive_difference(reference.gray, current), mask)
+            # One analysis of the difference for the scorer's trail classifier and the
+            # decider: the streaks (tens of ms) are found once a frame.
+            analysis = DiffAnalysis(difference, decider.params)
+            score = scorer.score(reference.gray, current, mask, analysis)
+            t_score = time.perf_counter()
             if self.auto_mask is not None:
                 self.auto_mask.update(difference)
             self.counters["scored"] += 1
             released += decider.push(Observation(
                 frame=frame, current=current, difference=difference, score=score,
                 threshold=threshold,
-                rescore=_rescorer(scorer, reference.gray, current, mask),
+                rescore=_rescorer(scorer, reference.gray, current, mask), analysis=analysis,
             ))
         self._reference = Reference(frame, current)
         t_done = time.perf_counter()

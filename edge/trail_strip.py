@@ -95,11 +95,16 @@ def scalars(analysis: DiffAnalysis, candidate: Candidate, rank: int,
 
 def pair_inputs(previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None,
                 streak_params: StreakParams, params: CandidateParams,
+                analysis: DiffAnalysis | None = None,
                 ) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
     """A frame pair's candidate lines and their strips and scalars (`frame_inputs`): what the
-    Pi's scorer feeds the classifier and what training fits it on, the same code."""
-    difference = apply_mask(positive_difference(previous, current), mask)
-    analysis = DiffAnalysis(difference, streak_params)
+    Pi's scorer feeds the classifier and what training fits it on, the same code.
+
+    `analysis`: the pair's masked positive difference already analysed (the daemon shares the
+    decider's, so its streaks are found once a frame); used only if made with `streak_params`."""
+    if analysis is None or analysis.params != streak_params:
+        analysis = DiffAnalysis(apply_mask(positive_difference(previous, current), mask),
+                                streak_params)
     candidates = find_candidates(analysis, previous, current, mask, params)
     negative = apply_mask(positive_difference(current, previous), mask)
     return (candidates, *frame_inputs(analysis, negative, candidates))

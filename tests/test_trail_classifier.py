@@ -9,6 +9,7 @@ import io
 import json
 import math
 import tarfile
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -160,3 +161,35 @@ def test_drawn_meteor_scores_above_drawn_satellite_piece_with_a_trained_like_gra
     dim = frames(3, lambda layer: draw_meteor(layer, *FAINT, 25.0, 1, floor=0.0))
     bright = frames(3, lambda layer: draw_meteor(layer, *FAINT, 90.0, 1, floor=0.0))
     assert scorer.score(*bright) > scorer.score(*dim)
+
+
+def test_the_daemon_finds_a_frames_streaks_once_for_the_classifier_and_the_decider(
+        tmp_path: Path):
+    from edge.decide import Decider, Observation
+    from edge.frames import Frame
+    from edge.preprocess import positive_difference
+    from edge.streaks import DiffAnalysis, StreakParams
+
+    root = make_tiny_classifier_bundle(tmp_path / "b", gain=4.0, offset=-8.0,
+                                       weights=(1.0, 0.0, 0.0), bias=(0.0, 2.0))
+    scorer = open_scorer(root)
+    previous, current = frames(1, faint_meteor(40.0))
+    decider = Decider()
+    shared = DiffAnalysis(positive_difference(previous, current), decider.params)
+    alone = scorer.trail(previous, current)
+    verdict = scorer.trail(previous, current, None, shared)
+    # The same verdict, and the streaks the search needed are now cached on the shared object.
+    assert [c.streak for c in verdict.candidates] == [c.streak for c in alone.candidates]
+    np.testing.assert_allclose(verdict.logits, alone.logits, atol=1e-6)
+    assert "_found" in shared.__dict__
+    frame = Frame(path=tmp_path / "image-20240812220000.jpg", night="20240812",
+                  captured=datetime(2024, 8, 12, 22, 0))
+    decider.push(Observation(frame, current, shared.difference, 0.9, 0.5, analysis=shared))
+    assert decider._history[-1].analysis is shared
+    # Made with other streak params, it is not the decider's: it analyses the difference itself.
+    other = DiffAnalysis(shared.difference, StreakParams(k_sigma=9.0))
+    assert scorer.trail(previous, current, None, other).logits.shape == alone.logits.shape
+    decider.push(Observation(frame, current, other.difference, 0.1, 0.5, analysis=other))
+    assert decider._history[-1].analysis is not other
+    with pytest.raises(ValueError, match="made from"):
+        Observation(frame, current, shared.difference.copy(), 0.1, 0.5, analysis=shared)

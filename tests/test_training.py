@@ -524,6 +524,15 @@ def test_trail_classifier_bundle_scores_the_same_in_evaluation_and_on_the_pi(
     stamp = caches[0].stat().st_mtime_ns
     assert main([*args[:6], str(tmp_path / "again"), *args[7:]]) == 0
     assert caches[0].stat().st_mtime_ns == stamp
+    # Another candidate search is the bundle's (the Pi runs it) and gets its own examples.
+    assert main([*args[:6], str(tmp_path / "narrow"), *args[7:], "--seeds", "12",
+                 "--trace-level", "1.2", "--max-candidates", "4"]) == 0
+    narrow = load_bundle(tmp_path / "narrow").manifest.trail_stage
+    assert isinstance(narrow, TrailClassifier)
+    assert (narrow.candidates.seeds, narrow.candidates.trace_level,
+            narrow.candidates.max_candidates) == (12, 1.2, 4)
+    assert stage.candidates.seeds == 32
+    assert len(list((indexed / CACHE_DIR).glob("*/train.npz"))) == 2
     # Evaluation (cached network inputs, the classifier from the frames, two workers) gives the
     # Pi's score, frame by frame.
     rows = valid.reset_index(drop=True)

@@ -37,7 +37,7 @@ import logging
 import math
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "trail-examples"
 MIN_COVER = 0.15  # of the true meteor, for a candidate to be the meteor
 MAX_OFFSET_PX = 8.0  # both candidate ends within this of the meteor's line
+SEARCH_KNOBS = ("seeds", "trace_level", "max_candidates")  # CLI-settable search params
 MINING_POOL = 120_000  # other candidates scored at each mining pass (a few minutes on CPU)
 
 
@@ -378,6 +379,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     from training.evaluate import score_cached
     from training.trail_stage import write_staged_bundle
 
+    search = replace(CandidateParams(), **{name: value for name in SEARCH_KNOBS
+                                           if (value := getattr(args, name, None)) is not None})
     bundle = load_bundle(args.bundle)
     df, meta = load_index(args.data)
     if "frame" not in df.columns or "previous" not in df.columns:
@@ -387,7 +390,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     if spec.fingerprint() != bundle.manifest.preprocessing.fingerprint():
         raise TrainingError(f"{args.data} was preprocessed as {spec.id}, the bundle expects "
                             f"{bundle.manifest.preprocessing.id}: not the model's index")
-    stage_params = {"candidates": CandidateParams().to_dict(),
+    stage_params = {"candidates": search.to_dict(),
                     "streak_params": asdict(Decider().params)}
     mask = meta.get("mask") or None
     split_rows = {}
@@ -455,6 +458,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edge.candidates import CandidateParams
+
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--data", type=Path, required=True,
@@ -469,6 +474,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of them drawn from the most meteor-like (default 0.5)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes that find the candidates (default 1)")
+    # The candidate search is the Pi's too (the bundle records it): a wider one holds more
+    # faint meteors and hands every frame more chances of a false positive.
+    parser.add_argument("--seeds", type=int,
+                        help=f"line-map maxima traced per frame (default {CandidateParams.seeds})")
+    parser.add_argument("--trace-level", type=float,
+                        help=f"the traced ridge's floor, local sigma (default "
+                             f"{CandidateParams.trace_level})")
+    parser.add_argument("--max-candidates", type=int,
+                        help=f"candidate lines kept per frame (default "
+                             f"{CandidateParams.max_candidates})")
     parser.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="progress bars")
