@@ -519,3 +519,35 @@ def test_trail_stage_gain_is_zero_recall_where_no_threshold_keeps_the_budget():
     scores[3] = 0.05
     assert held_out_gain(stage, rows, scores, np.array([], dtype=int), [])["model_alone"][
         "recall_within_10_per_1000"] == 1.0
+
+
+_INITIALISED: list[str] = []
+
+
+def _remember(tag: str) -> None:
+    _INITIALISED.append(tag)
+
+
+def _square_and_pid(x: int) -> tuple[int, int, list[str]]:
+    import os
+
+    return x * x, os.getpid(), list(_INITIALISED)
+
+
+def test_process_map_keeps_job_order_in_worker_processes_and_here():
+    import os
+
+    from training._parallel import process_map
+
+    jobs = list(range(40))
+    pooled = list(process_map(_square_and_pid, jobs, 2, chunksize=3, initializer=_remember,
+                              initargs=("pool",)))
+    assert [r[0] for r in pooled] == [x * x for x in jobs]
+    assert os.getpid() not in {r[1] for r in pooled}  # spawned workers did the work...
+    assert all(r[2] == ["pool"] for r in pooled) and _INITIALISED == []  # ...initialised there
+    # One worker, or too few jobs for a pool: here, initialiser included.
+    serial = list(process_map(_square_and_pid, jobs[:5], 2, serial_below=8,
+                              initializer=_remember, initargs=("here",)))
+    assert [r[0] for r in serial] == [0, 1, 4, 9, 16] and {r[1] for r in serial} == {os.getpid()}
+    assert _INITIALISED == ["here"]
+    _INITIALISED.clear()

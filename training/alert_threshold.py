@@ -77,17 +77,12 @@ def run_pipeline(bundle: Path, nights: list[Path], threshold: float, threads: in
                  workers: int = 1) -> dict[str, dict[str, Any]]:
     """Every frame of `nights` through the edge pipeline: {frame path: score, alert, reason};
     nights are independent, so `workers` processes run them side by side."""
+    from training._parallel import process_map
+
     jobs = [(str(bundle), night, threshold, threads) for night in nights]
     out: dict[str, dict[str, Any]] = {}
-    if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            out.update(_night_job(job))
-        return out
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers) as pool:
-        for part in pool.map(_night_job, jobs):
-            out.update(part)
+    for part in process_map(_night_job, jobs, workers):
+        out.update(part)
     return out
 
 

@@ -22,13 +22,11 @@ import argparse
 import csv
 import hashlib
 import logging
-import multiprocessing
 import os
 import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +48,7 @@ from training._common import (
     save_input,
     write_json,
 )
+from training._parallel import process_map
 
 log = logging.getLogger(__name__)
 
@@ -361,16 +360,9 @@ def preprocess_pairs(
             failed.add(Path(output))
         bar.update(n)
 
-    if workers <= 1:
-        for task in tasks:
-            collect(_preprocess_chunk(task), len(task[2]))
-    else:
-        # spawn, not fork: a forked child inherits locks held by the parent's other threads
-        # (torch/OpenMP pools, loggers) and can deadlock before it does any work.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
-            for task, failures in zip(tasks, pool.map(_preprocess_chunk, tasks), strict=True):
-                collect(failures, len(task[2]))
+    for task, failures in zip(tasks, process_map(_preprocess_chunk, tasks, workers),
+                              strict=True):
+        collect(failures, len(task[2]))
     bar.close()
     return failed
 

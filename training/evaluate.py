@@ -150,20 +150,13 @@ def staged_scores(bundle: Path, previous: list[str], current: list[str], network
     """The bundle's trail stage on frame pairs whose network scores are known (the stage reads
     the frames: the Pi's own scorer), in `workers` processes: per pair (score, whether the
     trail classifier had a candidate line along the meteor `segments` gives, or None)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
+    from training._parallel import process_map
 
     segments = segments if segments is not None else [None] * len(previous)
     jobs = list(zip(previous, current, network, segments, strict=True))
-    if workers <= 1 or len(jobs) < 64:
-        _open_worker(str(bundle), mask_path)
-        return [_staged_one(j) for j in tqdm(jobs, desc="trail stage", unit="frame",
-                                             disable=None)]
-    with ProcessPoolExecutor(workers, initializer=_open_worker,
-                             initargs=(str(bundle), mask_path)) as pool:
-        return list(tqdm(pool.map(_staged_one, jobs, chunksize=16), total=len(jobs),
-                         desc="trail stage", unit="frame", disable=None))
+    return list(process_map(_staged_one, jobs, workers, desc="trail stage", unit="frame",
+                            chunksize=16, serial_below=64, initializer=_open_worker,
+                            initargs=(str(bundle), mask_path)))
 
 
 def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_path: str | None,

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ import numpy as np
 
 from training._common import METEOR, TrainingError, load_index, meteor_segment
 from training._metrics import recall_within_budgets, stage_gain_summary
+from training._parallel import process_map
 
 log = logging.getLogger(__name__)
 CACHE_DIR = "trail-examples"
@@ -119,21 +119,18 @@ def _frame_job(job):
 
 def build_examples(rows, mask_path: str | None, stage_params: dict[str, Any], workers: int,
                    desc: str, progress: bool) -> Examples:
-    from tqdm import tqdm
-
     from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS
 
     jobs = [(r["previous"], r["frame"], mask_path, meteor_segment(r), stage_params)
             for _, r in rows.iterrows()]
     strips, scalars, frame, covers = [], [], [], []
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(_frame_job, jobs, chunksize=8)
-        for i, (s, n, c) in enumerate(tqdm(results, total=len(jobs), desc=desc, unit="frame",
-                                           disable=not progress, mininterval=5)):
-            strips.append(s)
-            scalars.append(n)
-            covers.append(c)
-            frame.append(np.full(len(c), i, np.int32))
+    results = process_map(_frame_job, jobs, workers, desc=desc, unit="frame", show=progress,
+                          chunksize=8)
+    for i, (s, n, c) in enumerate(results):
+        strips.append(s)
+        scalars.append(n)
+        covers.append(c)
+        frame.append(np.full(len(c), i, np.int32))
     if not strips or not sum(len(c) for c in covers):
         return Examples(np.zeros((0, CHANNELS, ACROSS, ALONG), np.float16),
                         np.zeros((0, len(SCALARS)), np.float32), np.zeros(0, np.int32),
