@@ -52,6 +52,9 @@ ALERT_RULE=${ALERT_RULE:-fp:0.003@0.9}  # the shipped threshold: <= 3 false aler
 STAGE=${STAGE:-0}            # fit the logistic trail stage (edge/trail_stage.py, 2.1-2.2's) instead
 CLASSIFIER=${CLASSIFIER:-1}  # give the bundle the trail classifier (edge/trail_classifier.py)
 CLASSIFIER_EPOCHS=${CLASSIFIER_EPOCHS:-10}
+SEARCH_SEEDS=${SEARCH_SEEDS:-}     # the classifier's candidate search (empty: guaita trail-classifier's
+TRACE_LEVEL=${TRACE_LEVEL:-}       # defaults, edge/candidates.py); the bundle records it, the Pi runs it
+MAX_CANDIDATES=${MAX_CANDIDATES:-}
 EXPORT=${EXPORT:-1}          # 0: keep the bundle already at $OUT (re-stage, re-threshold it)
 FRESH=${FRESH:-4}            # cameras simulated for the final check alone (0: skip it)
 VALID_EXTRA=${VALID_EXTRA:-4} # cameras simulated to add validation nights for the threshold
@@ -126,12 +129,16 @@ if [[ "$STAGE" == 1 ]]; then
     --threads "$THREADS" --report "$WORK/trail-stage.json"
 fi
 if [[ "$CLASSIFIER" == 1 ]]; then
+  search=()
+  if [[ -n "$SEARCH_SEEDS" ]]; then search+=(--seeds "$SEARCH_SEEDS"); fi
+  if [[ -n "$TRACE_LEVEL" ]]; then search+=(--trace-level "$TRACE_LEVEL"); fi
+  if [[ -n "$MAX_CANDIDATES" ]]; then search+=(--max-candidates "$MAX_CANDIDATES"); fi
   # The trail classifier looks along every candidate line of every frame (faint meteors the
   # network's windows miss, satellites' even light and cut-off ends); fitted on the training
   # nights, its weight beside the network's on the validation nights.
   "$GUAITA" trail-classifier --data "$WORK/data" --bundle "$OUT" --out "$OUT" \
     --version "$VERSION" --epochs "$CLASSIFIER_EPOCHS" --workers "$THREADS" --threads "$THREADS" \
-    --seed "$SEED" --progress --report "$WORK/trail-classifier.json"
+    --seed "$SEED" "${search[@]}" --progress --report "$WORK/trail-classifier.json"
 fi
 # False alerts cluster by night (a night of satellites), so 14 validation nights choose the
 # threshold loosely: cameras 40, 41, ... add nights for the threshold alone (none trains).
