@@ -120,4 +120,7 @@ def fp32_bundle(int8: Bundle, out_dir: Path, exported: Path | None = None) -> tu
     fields = int8.manifest.to_dict()
     fields["name"] = f"{int8.manifest.name}-fp32"
     fields["training"] = dict(fields.get("training") or {}) | {"precision": "fp32"}
-    return write_bundle(out_dir, data, fields), origin
+    # The trail classifier's graph (fp32 already) goes along unchanged: the twin differs in
+    # the network's precision only.
+    extra = {name: (int8.root / name).read_bytes() for name, _ in int8.manifest.extra_files}
+    return write_bundle(out_dir, data, fields, extra), origin

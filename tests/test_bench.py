@@ -168,6 +168,14 @@ def test_strip_qdq_gives_a_float_graph_that_scores_like_the_int8_one(tmp_path):
     twin, origin = fp32_bundle(load_bundle(bundle), tmp_path / "b32")
     assert twin.manifest.preprocessing == load_bundle(bundle).manifest.preprocessing
     assert twin.manifest.name.endswith("-fp32") and "quantization removed" in origin
+    # A bundle with the trail classifier: its twin carries the same classifier graph.
+    from edge.trail_classifier import MODEL_FILE
+    from tests.tinymodel import make_tiny_classifier_bundle
+
+    staged = make_tiny_classifier_bundle(tmp_path / "c8")
+    twin, _ = fp32_bundle(load_bundle(staged), tmp_path / "c32")
+    assert (twin.root / MODEL_FILE).read_bytes() == (staged / MODEL_FILE).read_bytes()
+    assert twin.manifest.trail_stage == load_bundle(staged).manifest.trail_stage
 
 
 def test_strip_qdq_restores_the_relus_the_quantizer_fused_away(tmp_path):
