@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -541,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "learner": str(ref.learner),
                                     "int8_bundle": str(ref.bundle) if ref.bundle else None}
         exported = SHIPPED_WORK / "model" / "export" / "fp32.onnx"
-        fp32_dir = cache / "models" / f"{bundle.manifest.sha256[:12]}-fp32"
+        # Keyed by the whole manifest: bundles sharing a network differ in their trail stage.
+        manifest_digest = hashlib.sha256((bundle.root / "manifest.json").read_bytes()).hexdigest()
+        fp32_dir = cache / "models" / f"{manifest_digest[:12]}-fp32"
         if (fp32_dir / "manifest.json").is_file():
             fp32 = load_bundle(fp32_dir)
             origin = json.loads((fp32_dir / "origin.json").read_text())["origin"]
