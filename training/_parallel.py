@@ -4,6 +4,8 @@ through the pipeline).
 
 Workers are *spawned*, not forked: a forked child inherits locks held by the parent's other
 threads (torch/OpenMP and onnxruntime pools, loggers) and can deadlock before it does any work.
+A spawned worker imports the caller's main module again, so a script of yours that calls these
+with workers > 1 needs the usual ``if __name__ == "__main__":`` guard (`guaita` has it).
 """
 
 from __future__ import annotations
