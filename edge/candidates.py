@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from edge.preprocess import PreprocessSpec, line_candidates, line_response, normalised_difference
-from edge.streaks import DiffAnalysis, Streak, merge_fragments
+from edge.streaks import DiffAnalysis, Streak, merge_fragments, sample_bilinear
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,6 @@ class Candidate:
     significance: float  # mean ridge level along it × √(length in analysis px)
 
 
-def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Bilinear samples of `image` at (xs, ys) (any equal shapes), 0 outside."""
-    return cv2.remap(image, xs.astype(np.float32), ys.astype(np.float32), cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-
-
 def line_map(previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None,
              analysis: DiffAnalysis, params: CandidateParams) -> np.ndarray:
     """The line map at the analysis scale (`analysis.ridge`'s shape), in its own σ."""
@@ -110,8 +104,8 @@ def direction(ridge: np.ndarray, x: float, y: float, params: CandidateParams) ->
     angles = np.deg2rad(np.arange(0.0, 180.0, params.angle_step_deg))
     r = np.arange(1, params.reach + 1, dtype=np.float32)[None, :]
     c, s = np.cos(angles)[:, None], np.sin(angles)[:, None]
-    ahead = _sample(ridge, x + r * c, y + r * s).mean(axis=1)
-    behind = _sample(ridge, x - r * c, y - r * s).mean(axis=1)
+    ahead = sample_bilinear(ridge, x + r * c, y + r * s).mean(axis=1)
+    behind = sample_bilinear(ridge, x - r * c, y - r * s).mean(axis=1)
     score = np.minimum(ahead, behind)  # a star beside the line lights one half only
     k = int(np.argmax(score))
     # Parabola through the neighbours (the scan wraps at 180°) for a sub-step angle.
@@ -127,7 +121,7 @@ def trace(ridge: np.ndarray, x: float, y: float, theta: float,
     analysis px along it, or None if it is not lit at the seed itself."""
     reach = int(0.45 * max(ridge.shape))
     t = np.arange(-reach, reach + 1, dtype=np.float32)
-    profile = _sample(ridge, (x + t * math.cos(theta))[None, :],
+    profile = sample_bilinear(ridge, (x + t * math.cos(theta))[None, :],
                       (y + t * math.sin(theta))[None, :])[0]
     k = params.trace_smooth
     lit = np.convolve(profile, np.ones(k, np.float32) / k, mode="same") >= params.trace_level
@@ -187,7 +181,8 @@ def significance(analysis: DiffAnalysis, streak: Streak) -> float:
     t = np.linspace(0.0, 1.0, n, dtype=np.float32)
     xs, ys = a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])
     ux, uy = (b - a) / max(length, 1e-9)
-    best = np.max([_sample(analysis.ridge, (xs - off * uy)[None, :], (ys + off * ux)[None, :])[0]
+    best = np.max([sample_bilinear(analysis.ridge, (xs - off * uy)[None, :],
+                                   (ys + off * ux)[None, :])[0]
                    for off in (-1.0, 0.0, 1.0)], axis=0)
     return float(np.mean(best) * math.sqrt(n))
 

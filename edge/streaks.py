@@ -220,6 +220,15 @@ def merge(a: Streak, b: Streak) -> Streak:
 # ------------------------------------------------------------------ per-frame analysis
 
 
+def sample_bilinear(image: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                    outside: float = 0.0) -> np.ndarray:
+    """`image` at sub-pixel points (xs, ys: any equal shapes), bilinear, `outside` beyond its
+    edges, in `image`'s dtype: nearest sampling along a tilted line beats against the pixel
+    grid into fake periodic dots."""
+    return cv2.remap(image, xs.astype(np.float32), ys.astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=outside)
+
+
 def robust_spread(values: np.ndarray) -> tuple[float, float]:
     """(median, q84 − median): a noise scale that also works on a difference clipped at 0."""
     q50, q84 = np.percentile(values, (50, 84))
@@ -526,12 +535,8 @@ class DiffAnalysis:
                       dots=dots, period_px=period, fwhm_px=fwhm, pixels=pixels)
 
     def _sample(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-        """The full-resolution difference at sub-pixel points, bilinear (0 outside): nearest
-        sampling along a tilted line beats against the pixel grid into fake periodic dots."""
-        out = cv2.remap(self.difference, px.astype(np.float32), py.astype(np.float32),
-                        interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                        borderValue=0)
-        return out.astype(np.float32)
+        """The full-resolution difference at sub-pixel points (0 outside), float32."""
+        return sample_bilinear(self.difference, px, py).astype(np.float32)
 
     def _profile(self, x1, y1, ux, uy, t0, t1, half) -> tuple[np.ndarray, np.ndarray,
                                                               np.ndarray]:

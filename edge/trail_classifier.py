@@ -23,6 +23,7 @@ from typing import Any
 
 from edge.candidates import CandidateParams
 from edge.streaks import StreakParams
+from edge.trail_stage import stage_field_errors
 from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS
 
 KIND = "classifier"
@@ -31,6 +32,11 @@ MODEL_FILE = "trail.onnx"
 
 class TrailClassifierError(ValueError):
     """A trail classifier in a manifest that cannot be used."""
+
+
+def made_inputs() -> dict[str, Any]:
+    """The inputs this guaita makes (edge.trail_strip), as a manifest records them."""
+    return {"strips": [CHANNELS, ACROSS, ALONG], "scalars": list(SCALARS)}
 
 
 def logit(p: float) -> float:
@@ -48,8 +54,7 @@ class TrailClassifier:
     model_file: str = MODEL_FILE
     candidates: CandidateParams = field(default_factory=CandidateParams)
     streak_params: StreakParams = field(default_factory=StreakParams)
-    inputs: dict[str, Any] = field(default_factory=lambda: {
-        "strips": [CHANNELS, ACROSS, ALONG], "scalars": list(SCALARS)})
+    inputs: dict[str, Any] = field(default_factory=made_inputs)
     fitted_on: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -63,7 +68,7 @@ class TrailClassifier:
         if "/" in self.model_file or not self.model_file.endswith(".onnx"):
             raise TrailClassifierError(f"trail_stage: model_file {self.model_file!r} must be a "
                                        "file name ending in .onnx")
-        want = {"strips": [CHANNELS, ACROSS, ALONG], "scalars": list(SCALARS)}
+        want = made_inputs()
         if self.inputs != want:
             raise TrailClassifierError(
                 f"trail_stage: the classifier was fitted on inputs {self.inputs}, this guaita "
@@ -89,7 +94,7 @@ class TrailClassifier:
     def from_dict(cls, data: dict[str, Any]) -> TrailClassifier:
         if data.get("kind") != KIND:
             raise TrailClassifierError(f"trail_stage: kind {data.get('kind')!r} is not {KIND!r}")
-        try:
+        with stage_field_errors(TrailClassifierError):
             return cls(
                 sha256=str(data["sha256"]),
                 trail_weight=float(data["trail_weight"]),
@@ -102,9 +107,3 @@ class TrailClassifier:
                 inputs=data.get("inputs", {}),
                 fitted_on=data.get("fitted_on"),
             )
-        except KeyError as exc:
-            raise TrailClassifierError(f"trail_stage: missing key {exc}") from None
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, TrailClassifierError):
-                raise
-            raise TrailClassifierError(f"trail_stage: {exc}") from None

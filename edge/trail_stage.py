@@ -14,12 +14,28 @@ they stay above every other frame, and the rest of the night costs nothing extra
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from edge.streaks import DiffAnalysis, StreakParams, TrailLight
+
+
+@contextmanager
+def stage_field_errors(error: type[ValueError]) -> Iterator[None]:
+    """A manifest stage's missing key or bad value as `error` ("trail_stage: ..."), which
+    edge.bundle turns into a BundleError; an `error` raised inside passes as it is."""
+    try:
+        yield
+    except KeyError as exc:
+        raise error(f"trail_stage: missing key {exc}") from None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, error):
+            raise
+        raise error(f"trail_stage: {exc}") from None
 
 # The light-profile fields of `TrailLight` the stage may use.
 PROFILE = ("box", "variation", "end_light", "end_bright", "end_imbalance", "middle", "peak_offset",
@@ -122,7 +138,7 @@ class TrailStage:
         if not isinstance(raw, dict) or set(raw) - known:
             raise TrailStageError(f"trail_stage: streak_params has unknown keys "
                                   f"{sorted(set(raw) - known) if isinstance(raw, dict) else raw}")
-        try:
+        with stage_field_errors(TrailStageError):
             return cls(
                 features=tuple(str(f) for f in data["features"]),
                 impute=tuple(float(v) for v in data["impute"]),
@@ -134,9 +150,3 @@ class TrailStage:
                 streak_params=StreakParams(**raw),
                 fitted_on=data.get("fitted_on"),
             )
-        except KeyError as exc:
-            raise TrailStageError(f"trail_stage: missing key {exc}") from None
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, TrailStageError):
-                raise
-            raise TrailStageError(f"trail_stage: {exc}") from None

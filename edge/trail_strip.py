@@ -27,12 +27,11 @@ from __future__ import annotations
 import math
 from dataclasses import astuple
 
-import cv2
 import numpy as np
 
 from edge.candidates import Candidate, CandidateParams, find_candidates
 from edge.preprocess import apply_mask, positive_difference
-from edge.streaks import DiffAnalysis, StreakParams, robust_spread
+from edge.streaks import DiffAnalysis, StreakParams, robust_spread, sample_bilinear
 
 ALONG = 96
 ACROSS = 21
@@ -59,8 +58,7 @@ def _resample(image: np.ndarray, x1: float, y1: float, ux: float, uy: float, len
     across = np.arange(ACROSS, dtype=np.float32) - (ACROSS - 1) / 2
     xs = (x1 + along[None, :] * ux - across[:, None] * uy).astype(np.float32)
     ys = (y1 + along[None, :] * uy + across[:, None] * ux).astype(np.float32)
-    values = cv2.remap(image, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=float(base))
+    values = sample_bilinear(image, xs, ys, outside=float(base))
     return (values.astype(np.float32) - base) / sigma
 
 

@@ -211,10 +211,16 @@ def logits(model, strips: np.ndarray, scalars: np.ndarray, batch: int = 2048) ->
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def per_frame_max(examples: Examples, values: np.ndarray) -> np.ndarray:
+    """Each frame's highest candidate value, -inf where it has no candidate."""
+    out = np.full(examples.frames, -np.inf)
+    np.maximum.at(out, examples.frame, values)
+    return out
+
+
 def frame_logits(examples: Examples, z: np.ndarray) -> np.ndarray:
     """Each frame's trail logit (its best candidate's), NaN where it has no candidate."""
-    out = np.full(examples.frames, -np.inf)
-    np.maximum.at(out, examples.frame, z)
+    out = per_frame_max(examples, z)
     return np.where(np.isfinite(out), out, np.nan)
 
 
@@ -228,8 +234,7 @@ def candidate_labels(examples: Examples, meteor_frames: np.ndarray, has_segment:
     blind = meteor_frames & ~has_segment
     if blind.any():
         key = z if z is not None else examples.scalars[:, SCALARS.index("significance")]
-        best = np.full(examples.frames, -np.inf)
-        np.maximum.at(best, examples.frame, key)
+        best = per_frame_max(examples, key)
         top = blind[examples.frame] & (key >= best[examples.frame])
         labels[top] = 1.0
     return labels
