@@ -88,9 +88,11 @@ def build(kind: str, args: argparse.Namespace) -> tuple[Callable, Callable]:
     if kind == "guaita":
         from edge.config import Config
         from edge.decide import AutoMask
+        from edge.memory import keep_freed_memory
         from edge.model import open_scorer
         from edge.pipeline import make_pipeline
 
+        keep_freed_memory()  # as `guaita run` does at start (edge/cli.py)
         scorer = open_scorer(args.bundle, threads=args.threads)
         pipeline = make_pipeline(Config(), scorer, AutoMask())
         return pipeline.process, pipeline.flush

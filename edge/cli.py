@@ -13,6 +13,8 @@ import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from edge.memory import keep_freed_memory
+
 # name → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("edge.service", "run the detection daemon (watch AllSky, detect, publish)"),
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    keep_freed_memory()  # per-frame temporaries reused, not page-faulted anew (edge/memory.py)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -174,12 +174,37 @@ def positive_difference(previous: np.ndarray, current: np.ndarray) -> np.ndarray
     return cv2.subtract(current, previous)
 
 
+def _integer_median(values: np.ndarray) -> float:
+    """np.median of integers by counting them: several times faster than its partition, and
+    the same value (the mean of the two middle integers is exact in float32)."""
+    flat = values.ravel().astype(np.intp)
+    low = int(flat.min())
+    below = np.cumsum(np.bincount(flat - low))  # how many are <= each value
+
+    def ranked(k: int) -> int:  # the k-th smallest, from 0
+        return int(np.searchsorted(below, k, side="right")) + low
+
+    n = flat.size
+    return float(ranked(n // 2)) if n % 2 else (ranked(n // 2 - 1) + ranked(n // 2)) / 2
+
+
+def robust_centre_sigma(values: np.ndarray, step: int = 4) -> tuple[float, float]:
+    """(median, noise σ from the median absolute deviation) of a subsample (fast on a Pi)."""
+    sample = values[::step, ::step]
+    if np.issubdtype(sample.dtype, np.integer) and sample.size:
+        median = _integer_median(sample)
+        # |x − median| is a multiple of 1/2: count it in halves.
+        mad = _integer_median(np.abs(2 * sample.astype(np.intp) - round(2 * median))) / 2
+    else:
+        sample = sample.astype(np.float32)
+        median = float(np.median(sample))
+        mad = float(np.median(np.abs(sample - median)))
+    return median, max(1.4826 * mad, 0.5)
+
+
 def robust_sigma(values: np.ndarray, step: int = 4) -> float:
     """Noise σ from the median absolute deviation of a subsample (fast on a Pi)."""
-    sample = values[::step, ::step].astype(np.float32)
-    median = float(np.median(sample))
-    mad = float(np.median(np.abs(sample - median)))
-    return max(1.4826 * mad, 0.5)
+    return robust_centre_sigma(values, step)[1]
 
 
 def _check_pair(previous: np.ndarray, current: np.ndarray) -> None:
@@ -281,8 +306,8 @@ def line_response(norm: np.ndarray, spec: PreprocessSpec, directions: int = 8) -
     for half_a, half_b in _half_line_kernels(spec.line_length, directions):
         r = np.minimum(cv2.filter2D(ridge, -1, half_a), cv2.filter2D(ridge, -1, half_b))
         response = r if response is None else np.maximum(response, r)
-    median = float(np.median(response[::2, ::2]))
-    return (response - median) / robust_sigma(response, step=2)
+    median, sigma = robust_centre_sigma(response, step=2)
+    return (response - median) / sigma
 
 
 def _g2(spec: PreprocessSpec, previous, current, mask) -> np.ndarray:

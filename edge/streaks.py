@@ -231,6 +231,9 @@ def sample_bilinear(image: np.ndarray, xs: np.ndarray, ys: np.ndarray,
 
 def robust_spread(values: np.ndarray) -> tuple[float, float]:
     """(median, q84 − median): a noise scale that also works on a difference clipped at 0."""
+    if values.dtype == np.uint8:  # the same quantiles of the same values, sorted by counting
+        counts = np.bincount(values.ravel(), minlength=256)
+        values = np.repeat(np.arange(256, dtype=np.uint8), counts)
     q50, q84 = np.percentile(values, (50, 84))
     return float(q50), float(q84 - q50)
 
@@ -742,47 +745,76 @@ class DiffAnalysis:
         if len(cents) > 400:  # keep the largest: strobes are bright
             order = np.argsort(-stats[1:, cv2.CC_STAT_AREA][small])[:400]
             cents = cents[order]
-        pts = np.array([self.to_full(x, y) for x, y in cents])
+        pts = np.column_stack([(cents[:, 0] + 0.5) * self.scale[0] - 0.5,  # to_full
+                               (cents[:, 1] + 0.5) * self.scale[1] - 0.5])
         dist = np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1])
         tol = self.factor + 1.0
         min_gap = 2.0 * self.factor
         need = max(p.min_dots, 6)  # isolated dots line up by chance more easily than peaks
+        spaced = (dist >= min_gap) & (dist <= p.max_dot_spacing_px)
         used = np.zeros(len(pts), bool)
+        finished = np.zeros(len(pts), bool)  # a row was found from this dot
         rows: list[Streak] = []
-        for i in range(len(pts)):
-            if used[i]:
+        # Each pair of dots at a strobe's spacing proposes the line through them (i ascending,
+        # then j); only the few pairs that could make a row are worth the chain walk below.
+        for i, j in _row_proposals(pts, dist, spaced, tol,
+                                   (need - 1) * p.max_dot_spacing_px, need):
+            if used[i] or used[j] or finished[i]:
                 continue
-            near = np.nonzero((dist[i] >= min_gap) & (dist[i] <= p.max_dot_spacing_px)
-                              & ~used)[0]
-            for j in near:
-                u = (pts[j] - pts[i]) / dist[i, j]
-                rel = pts - pts[i]
-                t = rel @ u
-                inl = np.nonzero((np.abs(rel @ np.array([-u[1], u[0]])) <= tol) & ~used)[0]
-                inl = inl[np.argsort(t[inl])]
-                chain = _chain(t[inl], i_pos=float(t[i]), max_gap=p.max_dot_spacing_px,
-                               min_gap=min_gap)
-                members = inl[chain]
-                if len(members) < need:
-                    continue
-                peaks = [self._peak_near(x, y) for x, y in pts[members]]
-                if max(peaks) > 3 * max(min(peaks), 1.0):  # strobes flash alike
-                    continue
-                period = regular_spacing(t[members])
-                if period <= 0:
-                    continue
-                c, d, _, _ = _pca(pts[members, 0], pts[members, 1])
-                tt = (pts[members] - c) @ d
-                a, b = c + tt.min() * d, c + tt.max() * d
-                used[members] = True
-                peak = max(peaks)
-                ys = np.round(cents[members, 1]).astype(np.int32)
-                xs = np.round(cents[members, 0]).astype(np.int32)
-                rows.append(Streak(*_ordered(a[0], a[1], b[0], b[1]),
-                                   width_px=float(self.factor), peak=peak, kind="dotted",
-                                   dots=len(members), period_px=period, pixels=(ys, xs)))
-                break
+            rel = pts - pts[i]
+            u = (pts[j] - pts[i]) / dist[i, j]
+            inl = np.nonzero((np.abs(rel @ np.array([-u[1], u[0]])) <= tol) & ~used)[0]
+            if len(inl) < need:  # the chain is drawn from these
+                continue
+            t = rel @ u
+            inl = inl[np.argsort(t[inl])]
+            chain = _chain(t[inl], i_pos=float(t[i]), max_gap=p.max_dot_spacing_px,
+                           min_gap=min_gap)
+            members = inl[chain]
+            if len(members) < need:
+                continue
+            period = regular_spacing(t[members])
+            if period <= 0:
+                continue
+            peaks = [self._peak_near(x, y) for x, y in pts[members]]
+            if max(peaks) > 3 * max(min(peaks), 1.0):  # strobes flash alike
+                continue
+            c, d, _, _ = _pca(pts[members, 0], pts[members, 1])
+            tt = (pts[members] - c) @ d
+            a, b = c + tt.min() * d, c + tt.max() * d
+            used[members] = True
+            peak = max(peaks)
+            ys = np.round(cents[members, 1]).astype(np.int32)
+            xs = np.round(cents[members, 0]).astype(np.int32)
+            rows.append(Streak(*_ordered(a[0], a[1], b[0], b[1]),
+                               width_px=float(self.factor), peak=peak, kind="dotted",
+                               dots=len(members), period_px=period, pixels=(ys, xs)))
+            finished[i] = True
         return rows
+
+
+def _row_proposals(pts: np.ndarray, dist: np.ndarray, spaced: np.ndarray, tol: float,
+                   reach: float, need: int) -> list[tuple[int, int]]:
+    """The pairs (i, j) of `spaced` dots whose line could hold a row of `need` dots through i:
+    at least `need` dots within `tol` of it and `reach` of dot i along it (a chain of `need`
+    steps of at most max_gap from i stays that close). A necessary condition, checked with a
+    hair of slack, so no row the chain walk would find is lost; in pair order."""
+    ii, jj = np.nonzero(spaced)
+    slack = 1e-6
+    keep = []
+    for lo in range(0, len(ii), 512):  # bounded memory: (dots × 512) per block
+        i, j = ii[lo:lo + 512], jj[lo:lo + 512]
+        ux = (pts[j, 0] - pts[i, 0]) / dist[i, j]
+        uy = (pts[j, 1] - pts[i, 1]) / dist[i, j]
+        rx = pts[:, 0, None] - pts[None, i, 0]
+        ry = pts[:, 1, None] - pts[None, i, 1]
+        near = ((np.abs(ry * ux - rx * uy) <= tol + slack)
+                & (np.abs(rx * ux + ry * uy) <= reach + slack))
+        keep.append(np.count_nonzero(near, axis=0) >= need)
+    if not keep:
+        return []
+    chosen = np.concatenate(keep)
+    return list(zip(ii[chosen].tolist(), jj[chosen].tolist(), strict=True))
 
 
 def _chain(t: np.ndarray, i_pos: float, max_gap: float, min_gap: float) -> np.ndarray:

@@ -132,6 +132,26 @@ def test_row_of_strobe_dots_is_dotted():
     assert end_error(s, (400, 600), (512, 560)) <= 4
 
 
+def test_strobe_row_is_found_among_hundreds_of_scattered_dots():
+    # The dot-row search only walks the pairs of dots whose line could hold a row
+    # (_row_proposals); a dense field of single bright dots (twinkling stars, hot pixels)
+    # must neither hide the strobes nor make a row of its own.
+    rng = np.random.default_rng(11)
+    scattered = [(int(x), int(y)) for x, y in zip(rng.integers(20, W - 20, 350),
+                                                  rng.integers(20, H - 20, 350), strict=True)]
+
+    def draw(layer):
+        for x, y in scattered:
+            cv2.circle(layer, (x, y), 1, float(rng.uniform(60, 120)), -1)
+        for k in range(9):
+            cv2.circle(layer, (400 + 14 * k, 600 - 5 * k), 2, 90.0, -1)
+
+    rows = [s for s in DiffAnalysis(pair(5, draw)).streaks if s.dotted]
+    assert len(rows) == 1
+    assert rows[0].dots >= 9
+    assert end_error(rows[0], (400, 600), (512, 560)) <= 15  # a stray dot may join an end
+
+
 def test_strobes_on_a_faint_steady_trail_are_dotted():
     def draw(layer):
         line((300, 300), (600, 420), 8, 1)(layer)

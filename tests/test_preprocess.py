@@ -12,6 +12,7 @@ from edge.preprocess import (
     line_candidates,
     positive_difference,
     read_gray,
+    robust_centre_sigma,
     robust_sigma,
     to_nchw,
 )
@@ -196,6 +197,21 @@ def test_m1_blank_and_tiny_frames_give_black_tiles():
 def test_robust_sigma_of_gaussian_noise():
     rng = np.random.default_rng(2)
     assert robust_sigma(rng.normal(0, 4.0, (400, 400)), step=1) == pytest.approx(4.0, rel=0.05)
+
+
+def test_robust_sigma_counts_integers_to_the_same_value_as_the_float_median():
+    # The integer path (the signed difference) must give np.median's value exactly, odd and
+    # even sample sizes, integer and half-integer medians.
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        values = np.round(rng.normal(rng.integers(-5, 6), rng.choice([0.4, 3.0, 60.0]), shape))
+        values = np.clip(values, -255, 255).astype(np.int16)
+        step = int(rng.choice([1, 2, 4]))
+        sample = values[::step, ::step].astype(np.float32)
+        median = float(np.median(sample))
+        expected = max(1.4826 * float(np.median(np.abs(sample - median))), 0.5)
+        assert robust_centre_sigma(values, step) == (median, expected), trial
 
 
 def test_mismatched_and_bad_inputs_are_refused():

@@ -9,6 +9,7 @@ the ONNX graph, a bundle the edge's scorer loads, a report holding the numbers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -489,10 +490,13 @@ def test_trail_stage_bundle_scores_the_same_in_evaluation_and_on_the_pi(bundle: 
 
 def test_trail_classifier_bundle_scores_the_same_in_evaluation_and_on_the_pi(
         bundle: Path, indexed: Path, tmp_path: Path):
+    import onnxruntime as ort
+
     from edge.model import open_scorer
     from edge.trail_classifier import MODEL_FILE, TrailClassifier
     from training.evaluate import score_bundle
-    from training.trail_classifier import CACHE_DIR
+    from training.model_card import render
+    from training.trail_classifier import CACHE_DIR, Examples, examples_dir
 
     out, report_path = tmp_path / "classified", tmp_path / "classifier.json"
     # 12 epochs: on these ~600 candidates 3 left the trail's weight <= 0 (a refusal) in 3 of 4
@@ -533,6 +537,23 @@ def test_trail_classifier_bundle_scores_the_same_in_evaluation_and_on_the_pi(
             narrow.candidates.max_candidates) == (12, 1.2, 4)
     assert stage.candidates.seeds == 32
     assert len(list((indexed / CACHE_DIR).glob("*/train.npz"))) == 2
+    # --members 2: the classifiers of seeds 0 and 1 as one graph scoring their mean logit.
+    assert main([*args[:6], str(tmp_path / "pair"), *args[7:], "--members", "2"]) == 0
+    assert main([*args[:6], str(tmp_path / "seed1"), *args[7:], "--seed", "1"]) == 0
+    pair = load_bundle(tmp_path / "pair").manifest.trail_stage
+    # Seed 0's member was cached by the first fit: only seed 1 was trained for the pair.
+    assert len(list(caches[0].parent.glob("members/*.onnx"))) == 2
+    assert (pair.fitted_on["members"], pair.fitted_on["seeds"]) == (2, [0, 1])
+    assert "mean logit of 2 small CNNs" in render(tmp_path / "pair", {}, {})
+    search = {"candidates": pair.candidates.to_dict(),
+              "streak_params": dataclasses.asdict(pair.streak_params)}
+    examples = Examples.load(examples_dir(indexed, valid.reset_index(drop=True), None, search)
+                             / "valid.npz")
+    feeds = {"strips": examples.strips.astype(np.float32), "scalars": examples.scalars}
+    z = {name: ort.InferenceSession(str(tmp_path / name / MODEL_FILE)).run(None, feeds)[0]
+         for name in ("classified", "seed1", "pair")}
+    assert np.allclose(z["pair"], (z["classified"] + z["seed1"]) / 2, atol=1e-4)
+    assert not np.allclose(z["classified"], z["seed1"], atol=1e-2)  # two different members
     # Evaluation (cached network inputs, the classifier from the frames, two workers) gives the
     # Pi's score, frame by frame.
     rows = valid.reset_index(drop=True)

@@ -129,6 +129,15 @@ def _gain_table(gain: dict[str, Any], rows: list[tuple[str, str]]) -> list[str]:
     return _table(header, [[title, *[gain[key][k] for k in keys]] for title, key in rows])
 
 
+def _members_clause(fitted: dict[str, Any]) -> str:
+    members = int(fitted.get("members", 1))
+    if members <= 1:
+        return "a small CNN"
+    seeds = ", ".join(str(s) for s in fitted.get("seeds", []))
+    return (f"the mean logit of {members} small CNNs (one graph; the same training from seeds "
+            f"{seeds})")
+
+
 def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
     """The trail classifier: what it looks at, what it was fitted on, what it adds."""
     fitted = stage.fitted_on or {}
@@ -140,8 +149,8 @@ def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
              f"{stage.candidates.max_candidates} most significant kept) are laid out as strips "
              "along their own length (`edge/trail_strip.py`: what appeared and what vanished, "
              "from half a length before the line to half a length past it), with "
-             f"{len(scalars)} numbers each ({', '.join(scalars)}), and scored by a "
-             f"small CNN (`{stage.model_file}`, "
+             f"{len(scalars)} numbers each ({', '.join(scalars)}), and scored by "
+             f"{_members_clause(fitted)} (`{stage.model_file}`, "
              f"{fitted.get('epochs', '?')} epochs on {fitted.get('candidates', '?')} candidates "
              f"of {fitted.get('frames', '?')} training-night frames, "
              f"{fitted.get('meteor_frames', '?')} of them meteor frames; hard-negative share "

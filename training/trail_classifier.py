@@ -15,16 +15,19 @@ says what the Pi does with it). Here:
 3. **training** (torch; the Pi never needs it): a small CNN on the strips and numbers
    (`StripNet`), each epoch every meteor candidate and `--neg-ratio` times as many others, half
    of them drawn from the candidates the current model finds most meteor-like (hard negatives:
-   satellites, aircraft, cloud edges), flips along and across the line.
+   satellites, aircraft, cloud edges), flips along and across the line. `--members K` trains
+   K of them, from seeds SEED, SEED+1, ...
 4. **export**: ONNX (opset 18) with the numbers' standardisation inside the graph, checked
-   against torch on the validation candidates.
+   against torch on the validation candidates; K members become one graph whose logit is
+   the mean of theirs. Each member's graph is cached beside the examples (``members/``), so
+   adding members to an ensemble trains only the new ones.
 5. **combination**: on the *validation* nights, a logistic regression of the frame's label on
    its trail logit and the network's logit gives the bundle's score (the network's scores on
    its own training nights are too confident to fit that there). The threshold is then chosen
    on the same nights by ``guaita alert-threshold``, run next.
 
     guaita trail-classifier --data ~/guaita-work/data --bundle ~/guaita-work/bundle \\
-        --out ~/guaita-work/bundle-trail --version 3.0.0 --workers 2
+        --out ~/guaita-work/bundle-trail --version 3.1.0 --workers 2 --members 3
     guaita alert-threshold --data ~/guaita-work/data --bundle ~/guaita-work/bundle-trail
 """
 
@@ -52,6 +55,7 @@ MIN_COVER = 0.15  # of the true meteor, for a candidate to be the meteor
 MAX_OFFSET_PX = 8.0  # both candidate ends within this of the meteor's line
 SEARCH_KNOBS = ("seeds", "trace_level", "max_candidates")  # CLI-settable search params
 MINING_POOL = 120_000  # other candidates scored at each mining pass (a few minutes on CPU)
+MEMBER_FORMAT = 1  # bump when training changes: cached member graphs are then trained again
 
 
 # ---------------------------------------------------------------- examples
@@ -139,16 +143,20 @@ def build_examples(rows, mask_path: str | None, stage_params: dict[str, Any], wo
                     np.concatenate(covers), len(jobs))
 
 
-def examples_for(data: Path, split: str, rows, mask_path: str | None,
-                 stage_params: dict[str, Any], workers: int, progress: bool) -> Examples:
-    """A split's examples, from the cache when it holds them for these frames and params."""
+def examples_dir(data: Path, rows, mask_path: str | None, stage_params: dict[str, Any]) -> Path:
+    """Where these frames' examples under this candidate search are cached."""
     from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS
 
     key = json.dumps({"stage": stage_params, "mask": mask_path,
                       "inputs": [CHANNELS, ACROSS, ALONG, *SCALARS],
                       "frames": list(rows["frame"])}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    path = data / CACHE_DIR / digest / f"{split}.npz"
+    return data / CACHE_DIR / hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def examples_for(data: Path, split: str, rows, mask_path: str | None,
+                 stage_params: dict[str, Any], workers: int, progress: bool) -> Examples:
+    """A split's examples, from the cache when it holds them for these frames and params."""
+    path = examples_dir(data, rows, mask_path, stage_params) / f"{split}.npz"
     if path.is_file():
         log.info("%s: cached examples %s", split, path)
         return Examples.load(path)
@@ -197,6 +205,7 @@ def strip_net(n_scalars: int, width: int = 16):
             return self.head(torch.cat([self.conv(strips), numbers], 1)).squeeze(1)
 
     return StripNet()
+
 
 
 def logits(model, strips: np.ndarray, scalars: np.ndarray, batch: int = 2048) -> np.ndarray:
@@ -347,6 +356,71 @@ def onnx_parity(onnx_bytes: bytes, model, examples: Examples, limit: int = 4096)
     return float(np.max(np.abs(got - logits(model, strips, examples.scalars[:n]))))
 
 
+def graph_logits(onnx_bytes: bytes, strips: np.ndarray, scalars: np.ndarray,
+                 threads: int = 1, batch: int = 4096) -> np.ndarray:
+    """The candidates' logits from an exported graph (onnxruntime, as the Pi runs it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    out = [session.run(None, {"strips": strips[i:i + batch].astype(np.float32),
+                              "scalars": scalars[i:i + batch]})[0].reshape(-1)
+           for i in range(0, len(strips), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def merge_members(graphs: list[bytes]) -> bytes:
+    """Several exported classifiers as one graph (one session on the Pi) whose logit is the
+    mean of theirs: the seeds alone move one classifier's strict end by points
+    (docs/training.md), their mean is steadier."""
+    import onnx
+    from onnx import compose, helper
+
+    if len(graphs) == 1:
+        return graphs[0]
+    models = [compose.add_prefix(onnx.load_from_string(g), f"member{k}_", rename_inputs=False)
+              for k, g in enumerate(graphs)]
+    first = models[0]
+    mean = helper.make_node("Mean", [m.graph.output[0].name for m in models], ["logits"])
+    graph = helper.make_graph(
+        [n for m in models for n in m.graph.node] + [mean], "mean_of_members",
+        list(first.graph.input),
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["n"])],
+        [t for m in models for t in m.graph.initializer])
+    merged = helper.make_model(graph, opset_imports=first.opset_import,
+                               ir_version=first.ir_version)
+    onnx.checker.check_model(merged)
+    return merged.SerializeToString()
+
+
+def trained_member(examples: Examples, valid: Examples, meteor_frames: np.ndarray,
+                   has_segment: np.ndarray, args: argparse.Namespace, seed: int,
+                   cache: Path) -> tuple[bytes, dict[str, Any]]:
+    """One classifier's exported graph and its training record, from `cache` when this
+    training (same examples, epochs, ratios, seed) was run before: adding a member to an
+    ensemble trains only the new one."""
+    key = f"v{MEMBER_FORMAT}-e{args.epochs}-n{args.neg_ratio}-h{args.hard_share:g}-s{seed}"
+    graph_path, record_path = cache / f"{key}.onnx", cache / f"{key}.json"
+    if graph_path.is_file() and record_path.is_file():
+        log.info("member seed %d: cached %s", seed, graph_path)
+        return graph_path.read_bytes(), json.loads(record_path.read_text())
+    started = time.monotonic()
+    model, history = train_model(examples, meteor_frames, has_segment, args.epochs,
+                                 args.neg_ratio, args.hard_share, seed, args.progress)
+    graph = export_onnx(model)
+    parity = onnx_parity(graph, model, valid)
+    if parity > 1e-3:
+        raise TrainingError(f"the exported trail classifier (seed {seed}) differs from torch "
+                            f"by {parity:.2g} in logit")
+    record = {"seed": seed, "seconds": round(time.monotonic() - started, 1),
+              "onnx_max_abs_logit_diff": parity, "history": history}
+    cache.mkdir(parents=True, exist_ok=True)
+    graph_path.write_bytes(graph)
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return graph, record
+
+
 # ---------------------------------------------------------------- the bundle's score
 
 
@@ -410,15 +484,15 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     train_rows = split_rows["train"]
     meteor = (train_rows["label"] == METEOR).to_numpy()
     has_segment = np.array([meteor_segment(r) is not None for _, r in train_rows.iterrows()])
-    started = time.monotonic()
-    model, history = train_model(examples["train"], meteor, has_segment, args.epochs,
-                                 args.neg_ratio, args.hard_share, args.seed, args.progress)
-    train_s = time.monotonic() - started
-    onnx_bytes = export_onnx(model)
-    parity = onnx_parity(onnx_bytes, model, examples["valid"])
-    if parity > 1e-3:
-        raise TrainingError(f"the exported trail classifier differs from torch by {parity:.2g} "
-                            "in logit")
+    seeds = [args.seed + k for k in range(args.members)]
+    members_cache = examples_dir(args.data, split_rows["train"], mask, stage_params) / "members"
+    trained = [trained_member(examples["train"], examples["valid"], meteor, has_segment, args,
+                              seed, members_cache) for seed in seeds]
+    onnx_bytes = merge_members([graph for graph, _ in trained])
+    records = [record for _, record in trained]
+    history = [{"seed": r["seed"], **h} for r in records for h in r["history"]]
+    train_s = sum(r["seconds"] for r in records)
+    parity = max(r["onnx_max_abs_logit_diff"] for r in records)
 
     # The bundle's score: fitted on the validation nights' frames.
     valid = split_rows["valid"]
@@ -426,13 +500,14 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     scorer = open_scorer(bundle, threads=args.threads)
     network = score_cached(scorer, list(valid["path"]), spec.channels)
     ex = examples["valid"]
-    trail = frame_logits(ex, logits(model, ex.strips, ex.scalars))
+    trail = frame_logits(ex, graph_logits(onnx_bytes, ex.strips, ex.scalars, args.threads))
     empty = float(np.nanmin(trail)) - 1.0 if np.isfinite(trail).any() else -12.0
     weights = fit_combination(trail, network, y, empty)
     fitted_on = {"split": "train", "frames": int(examples["train"].frames),
                  "candidates": len(examples["train"].frame),
                  "meteor_frames": int(meteor.sum()), "nights": int(train_rows["night"].nunique()),
-                 "epochs": args.epochs, "neg_ratio": args.neg_ratio,
+                 "epochs": args.epochs, "members": len(seeds), "seeds": seeds,
+                 "neg_ratio": args.neg_ratio,
                  "hard_share": args.hard_share, "train_seconds": round(train_s, 1),
                  "onnx_max_abs_logit_diff": parity, "combined_on": "valid",
                  "dataset": str(args.data)}
@@ -488,12 +563,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{CandidateParams.max_candidates})")
     parser.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", type=int, default=1,
+                        help="classifiers trained (seeds SEED, SEED+1, ...) and averaged in one "
+                             "graph: K times the training and the Pi's classifier time "
+                             "(default 1)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     parser.add_argument("--report", type=Path, help="also write the report JSON here")
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("epochs", "neg_ratio", "workers", "threads"):
+    for name in ("epochs", "neg_ratio", "workers", "threads", "members"):
         if getattr(args, name) < 1:
             print(f"guaita trail-classifier: --{name.replace('_', '-')} must be >= 1")
             return 2

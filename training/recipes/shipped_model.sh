@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-"$REPO/.venv/bin/python"}
 WORK=${WORK:-/tmp/guaita-shipped}           # simulated frames, caches, model, reports
 OUT=${OUT:-"$REPO/models/guaita-r18-sim"}   # the bundle
 NAME=${NAME:-guaita-r18-sim}
-VERSION=${VERSION:-3.0.0}
+VERSION=${VERSION:-3.1.0}
 
 CAMERAS=${CAMERAS:-12}       # simulated sites: lens, skyline, light pollution differ
 NIGHTS=${NIGHTS:-8}          # nights per camera (conditions drawn: clear/moon/cloudy/overcast)
@@ -52,6 +52,8 @@ ALERT_RULE=${ALERT_RULE:-fp:0.003@0.9}  # the shipped threshold: <= 3 false aler
 STAGE=${STAGE:-0}            # fit the logistic trail stage (edge/trail_stage.py, 2.1-2.2's) instead
 CLASSIFIER=${CLASSIFIER:-1}  # give the bundle the trail classifier (edge/trail_classifier.py)
 CLASSIFIER_EPOCHS=${CLASSIFIER_EPOCHS:-10}
+CLASSIFIER_MEMBERS=${CLASSIFIER_MEMBERS:-3} # classifiers from seeds SEED, SEED+1, ... averaged
+                             # in one graph (steadier at the strict end; K x the Pi's CNN time)
 SEARCH_SEEDS=${SEARCH_SEEDS:-}     # the classifier's candidate search (empty: guaita trail-classifier's
 TRACE_LEVEL=${TRACE_LEVEL:-}       # defaults, edge/candidates.py); the bundle records it, the Pi runs it
 MAX_CANDIDATES=${MAX_CANDIDATES:-}
@@ -138,7 +140,8 @@ if [[ "$CLASSIFIER" == 1 ]]; then
   # nights, its weight beside the network's on the validation nights.
   "$GUAITA" trail-classifier --data "$WORK/data" --bundle "$OUT" --out "$OUT" \
     --version "$VERSION" --epochs "$CLASSIFIER_EPOCHS" --workers "$THREADS" --threads "$THREADS" \
-    --seed "$SEED" "${search[@]}" --progress --report "$WORK/trail-classifier.json"
+    --seed "$SEED" --members "$CLASSIFIER_MEMBERS" "${search[@]}" --progress \
+    --report "$WORK/trail-classifier.json"
 fi
 # False alerts cluster by night (a night of satellites), so 14 validation nights choose the
 # threshold loosely: cameras 40, 41, ... add nights for the threshold alone (none trains).
