@@ -122,7 +122,7 @@ def trace(ridge: np.ndarray, x: float, y: float, theta: float,
     reach = int(0.45 * max(ridge.shape))
     t = np.arange(-reach, reach + 1, dtype=np.float32)
     profile = sample_bilinear(ridge, (x + t * math.cos(theta))[None, :],
-                      (y + t * math.sin(theta))[None, :])[0]
+                              (y + t * math.sin(theta))[None, :])[0]
     k = params.trace_smooth
     lit = np.convolve(profile, np.ones(k, np.float32) / k, mode="same") >= params.trace_level
     if not lit[reach - 2: reach + 3].any():

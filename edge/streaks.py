@@ -745,8 +745,7 @@ class DiffAnalysis:
         if len(cents) > 400:  # keep the largest: strobes are bright
             order = np.argsort(-stats[1:, cv2.CC_STAT_AREA][small])[:400]
             cents = cents[order]
-        pts = np.column_stack([(cents[:, 0] + 0.5) * self.scale[0] - 0.5,  # to_full
-                               (cents[:, 1] + 0.5) * self.scale[1] - 0.5])
+        pts = np.column_stack(self.to_full(cents[:, 0], cents[:, 1]))
         dist = np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1])
         tol = self.factor + 1.0
         min_gap = 2.0 * self.factor

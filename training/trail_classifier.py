@@ -207,7 +207,6 @@ def strip_net(n_scalars: int, width: int = 16):
     return StripNet()
 
 
-
 def logits(model, strips: np.ndarray, scalars: np.ndarray, batch: int = 2048) -> np.ndarray:
     import torch
 
@@ -343,31 +342,26 @@ def export_onnx(model) -> bytes:
     return buffer.getvalue()
 
 
-def onnx_parity(onnx_bytes: bytes, model, examples: Examples, limit: int = 4096) -> float:
-    """Max |logit difference| between the ONNX graph and torch on the first candidates."""
-    import onnxruntime as ort
-
-    n = min(limit, len(examples.frame))
-    if n == 0:
-        return 0.0
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    strips = examples.strips[:n].astype(np.float32)
-    got = session.run(None, {"strips": strips, "scalars": examples.scalars[:n]})[0]
-    return float(np.max(np.abs(got - logits(model, strips, examples.scalars[:n]))))
-
-
 def graph_logits(onnx_bytes: bytes, strips: np.ndarray, scalars: np.ndarray,
                  threads: int = 1, batch: int = 4096) -> np.ndarray:
     """The candidates' logits from an exported graph (onnxruntime, as the Pi runs it)."""
-    import onnxruntime as ort
+    from training.export import onnx_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_bytes, threads)
     out = [session.run(None, {"strips": strips[i:i + batch].astype(np.float32),
                               "scalars": scalars[i:i + batch]})[0].reshape(-1)
            for i in range(0, len(strips), batch)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def onnx_parity(onnx_bytes: bytes, model, examples: Examples, limit: int = 4096) -> float:
+    """Max |logit difference| between the ONNX graph and torch on the first candidates."""
+    n = min(limit, len(examples.frame))
+    if n == 0:
+        return 0.0
+    strips, scalars = examples.strips[:n].astype(np.float32), examples.scalars[:n]
+    return float(np.max(np.abs(graph_logits(onnx_bytes, strips, scalars)
+                               - logits(model, strips, scalars))))
 
 
 def merge_members(graphs: list[bytes]) -> bytes:
