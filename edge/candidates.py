@@ -17,7 +17,10 @@ before it decides anything:
 4. the segment is measured on the full-resolution difference like every streak
    (`DiffAnalysis.measure_segment`: ends, peak, width), joined with the streak finder's own
    streaks and with collinear pieces, and ranked by its **significance** (mean ridge level along
-   it × √its length in analysis px: a long faint line outranks a short bright scratch of noise).
+   it × √its length in analysis px: a long faint line outranks a short bright scratch of noise),
+   the sharp lines first: a band `soft_fwhm_px` wide or wider is a moving cloud's edge, not
+   something the optics draw, and on a cloudy frame thirty of them would push a faint meteor
+   out of the `max_candidates` kept.
 
 Pure: arrays in, candidates out. Used by the trail classifier on the Pi and in training.
 """
@@ -52,6 +55,11 @@ class CandidateParams:
     fit_level: float = 1.5  # pixels at least this bright re-fit the direction, local σ
     min_length_px: float = 16.0  # shorter segments are dropped, full-frame px
     max_candidates: int = 16  # kept per frame, most significant first (cloudy frames have many)
+    # Lines at least this wide across (FWHM, full-frame px) are ranked after the sharp ones: the
+    # optics draw meteors 2-4 px wide, a moving cloud's edge 6 px and more, and on a cloudy frame
+    # those edges would otherwise fill the max_candidates places (0 = rank by significance only,
+    # as bundles made before this knob did).
+    soft_fwhm_px: float = 6.0
 
     def __post_init__(self) -> None:
         for name in ("seeds", "nms_radius", "directions", "reach", "trace_smooth",
@@ -68,6 +76,8 @@ class CandidateParams:
                              f"{self.angle_step_deg}")
         if self.trace_gap < 0 or self.min_length_px <= 0:
             raise ValueError("candidates: trace_gap must be >= 0 and min_length_px > 0")
+        if not (math.isfinite(self.soft_fwhm_px) and self.soft_fwhm_px >= 0):
+            raise ValueError(f"candidates: soft_fwhm_px must be >= 0, got {self.soft_fwhm_px}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +87,8 @@ class CandidateParams:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"candidates: unknown parameters {sorted(unknown)}")
-        return cls(**data)
+        # A manifest written before soft_fwhm_px existed ranked by significance alone.
+        return cls(**{"soft_fwhm_px": 0.0, **data})
 
 
 @dataclass(frozen=True)
@@ -219,11 +230,13 @@ def find_candidates(analysis: DiffAnalysis, previous: np.ndarray, current: np.nd
                     mask: np.ndarray | None = None,
                     params: CandidateParams | None = None) -> list[Candidate]:
     """The frame's most significant line segments: the streak finder's and the traced ones,
-    collinear pieces joined, at most max_candidates."""
+    collinear pieces joined, at most max_candidates, the sharp ones (FWHM under soft_fwhm_px)
+    before the soft ones."""
     params = params or CandidateParams()
     lines = list(analysis.streaks) + traced_streaks(analysis, previous, current, mask, params)
     lines = merge_fragments(lines, analysis.factor, analysis.remeasure)
     scored = [Candidate(s, significance(analysis, s)) for s in lines
               if s.length_px >= params.min_length_px]
-    scored.sort(key=lambda c: c.significance, reverse=True)
+    soft = params.soft_fwhm_px
+    scored.sort(key=lambda c: (bool(soft) and c.streak.fwhm_px >= soft, -c.significance))
     return scored[: params.max_candidates]

@@ -110,9 +110,47 @@ def test_at_most_max_candidates_most_significant_first():
     assert sig == sorted(sig, reverse=True)
 
 
+# Ten soft bands (a cloud's moving edges: 7 px drawn, blurred to about 8 px FWHM), each far
+# more significant than the faint meteor beside them.
+CLOUD_EDGES = ([((100, 120 + 90 * k), (380, 60 + 90 * k)) for k in range(6)]
+               + [((700, 600 + 50 * k), (1200, 520 + 50 * k)) for k in range(4)])
+
+
+def cloudy_with_faint_meteor(layer):
+    faint_meteor(22.0)(layer)
+    bands = np.zeros_like(layer)
+    for p1, p2 in CLOUD_EDGES:
+        cv2.line(bands, p1, p2, 14.0, 7, cv2.LINE_AA)
+    layer += cv2.GaussianBlur(bands, (0, 0), 2.0)
+
+
+def test_cloud_edges_do_not_push_a_faint_meteor_out_of_the_kept_candidates():
+    previous, current = frames(11, cloudy_with_faint_meteor)
+    _, every = analyse(previous, current, CandidateParams(max_candidates=100, soft_fwhm_px=0.0))
+    meteor = [k for k, c in enumerate(every) if along(c, *FAINT) >= 0.3]
+    soft = [c for c in every if c.streak.fwhm_px >= 6.0]
+    # By significance alone the bands come first and six places hold no meteor ...
+    assert meteor and meteor[0] >= 6 and len(soft) >= 6
+    assert all(c.significance > every[meteor[0]].significance for c in every[:6])
+    _, by_significance = analyse(previous, current,
+                                 CandidateParams(max_candidates=6, soft_fwhm_px=0.0))
+    assert max(along(c, *FAINT) for c in by_significance) == 0.0
+    # ... the sharp lines first keeps it, and the rest of the places still go to the bands.
+    _, sharp_first = analyse(previous, current, CandidateParams(max_candidates=6))
+    assert along(sharp_first[0], *FAINT) >= 0.3
+    assert sum(c.streak.fwhm_px >= 6.0 for c in sharp_first) == 5
+
+
+def test_a_manifest_without_soft_fwhm_ranks_by_significance_as_before():
+    recorded = CandidateParams().to_dict()
+    del recorded["soft_fwhm_px"]
+    assert CandidateParams.from_dict(recorded).soft_fwhm_px == 0.0
+    assert CandidateParams.from_dict(CandidateParams().to_dict()) == CandidateParams()
+
+
 @pytest.mark.parametrize("bad", [{"seeds": 0}, {"line_length": 8}, {"blur": 2},
                                  {"angle_step_deg": 0}, {"trace_gap": -1},
-                                 {"min_length_px": 0}])
+                                 {"min_length_px": 0}, {"soft_fwhm_px": -1.0}])
 def test_bad_candidate_params_are_refused(bad):
     with pytest.raises(ValueError, match="candidates"):
         CandidateParams(**bad)

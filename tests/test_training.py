@@ -530,12 +530,12 @@ def test_trail_classifier_bundle_scores_the_same_in_evaluation_and_on_the_pi(
     assert caches[0].stat().st_mtime_ns == stamp
     # Another candidate search is the bundle's (the Pi runs it) and gets its own examples.
     assert main([*args[:6], str(tmp_path / "narrow"), *args[7:], "--seeds", "12",
-                 "--trace-level", "1.2", "--max-candidates", "4"]) == 0
+                 "--trace-level", "1.2", "--max-candidates", "4", "--soft-fwhm", "0"]) == 0
     narrow = load_bundle(tmp_path / "narrow").manifest.trail_stage
     assert isinstance(narrow, TrailClassifier)
     assert (narrow.candidates.seeds, narrow.candidates.trace_level,
-            narrow.candidates.max_candidates) == (12, 1.2, 4)
-    assert stage.candidates.seeds == 32
+            narrow.candidates.max_candidates, narrow.candidates.soft_fwhm_px) == (12, 1.2, 4, 0.0)
+    assert (stage.candidates.seeds, stage.candidates.soft_fwhm_px) == (32, 6.0)
     assert len(list((indexed / CACHE_DIR).glob("*/train.npz"))) == 2
     # --members 2: the classifiers of seeds 0 and 1 as one graph scoring their mean logit.
     assert main([*args[:6], str(tmp_path / "pair"), *args[7:], "--members", "2"]) == 0

@@ -138,6 +138,12 @@ def _members_clause(fitted: dict[str, Any]) -> str:
             f"{seeds})")
 
 
+def _sharp_clause(stage) -> str:
+    soft = stage.candidates.soft_fwhm_px
+    return (f", lines under {soft:g} px FWHM before wider ones (cloud edges)" if soft > 0
+            else "")
+
+
 def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
     """The trail classifier: what it looks at, what it was fitted on, what it adds."""
     fitted = stage.fitted_on or {}
@@ -146,7 +152,8 @@ def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
              "Every frame pair's candidate lines (`edge/candidates.py`: the line map's "
              f"{stage.candidates.seeds} strongest maxima traced along their direction, with the "
              "streak finder's streaks, the "
-             f"{stage.candidates.max_candidates} most significant kept) are laid out as strips "
+             f"{stage.candidates.max_candidates} most significant kept{_sharp_clause(stage)}) "
+             "are laid out as strips "
              "along their own length (`edge/trail_strip.py`: what appeared and what vanished, "
              "from half a length before the line to half a length past it), with "
              f"{len(scalars)} numbers each ({', '.join(scalars)}), and scored by "

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "trail-examples"
 MIN_COVER = 0.15  # of the true meteor, for a candidate to be the meteor
 MAX_OFFSET_PX = 8.0  # both candidate ends within this of the meteor's line
-SEARCH_KNOBS = ("seeds", "trace_level", "max_candidates")  # CLI-settable search params
+SEARCH_KNOBS = ("seeds", "trace_level", "max_candidates", "soft_fwhm_px")  # CLI-settable
 MINING_POOL = 120_000  # other candidates scored at each mining pass (a few minutes on CPU)
 MEMBER_FORMAT = 1  # bump when training changes: cached member graphs are then trained again
 
@@ -555,6 +555,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-candidates", type=int,
                         help=f"candidate lines kept per frame (default "
                              f"{CandidateParams.max_candidates})")
+    parser.add_argument("--soft-fwhm", dest="soft_fwhm_px", type=float,
+                        help=f"lines this wide across (px) are ranked after the sharp ones; 0: by "
+                             f"significance alone (default {CandidateParams.soft_fwhm_px:g})")
     parser.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--members", type=int, default=1,

@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-"$REPO/.venv/bin/python"}
 WORK=${WORK:-/tmp/guaita-shipped}           # simulated frames, caches, model, reports
 OUT=${OUT:-"$REPO/models/guaita-r18-sim"}   # the bundle
 NAME=${NAME:-guaita-r18-sim}
-VERSION=${VERSION:-3.1.0}
+VERSION=${VERSION:-3.2.0}
 
 CAMERAS=${CAMERAS:-12}       # simulated sites: lens, skyline, light pollution differ
 NIGHTS=${NIGHTS:-8}          # nights per camera (conditions drawn: clear/moon/cloudy/overcast)
@@ -57,6 +57,7 @@ CLASSIFIER_MEMBERS=${CLASSIFIER_MEMBERS:-3} # classifiers from seeds SEED, SEED+
 SEARCH_SEEDS=${SEARCH_SEEDS:-}     # the classifier's candidate search (empty: guaita trail-classifier's
 TRACE_LEVEL=${TRACE_LEVEL:-}       # defaults, edge/candidates.py); the bundle records it, the Pi runs it
 MAX_CANDIDATES=${MAX_CANDIDATES:-}
+SOFT_FWHM=${SOFT_FWHM:-}           # lines this wide (px) ranked after the sharp ones (0: off, as <= 3.1.0)
 EXPORT=${EXPORT:-1}          # 0: keep the bundle already at $OUT (re-stage, re-threshold it)
 FRESH=${FRESH:-4}            # cameras simulated for the final check alone (0: skip it)
 VALID_EXTRA=${VALID_EXTRA:-4} # cameras simulated to add validation nights for the threshold
@@ -135,6 +136,7 @@ if [[ "$CLASSIFIER" == 1 ]]; then
   if [[ -n "$SEARCH_SEEDS" ]]; then search+=(--seeds "$SEARCH_SEEDS"); fi
   if [[ -n "$TRACE_LEVEL" ]]; then search+=(--trace-level "$TRACE_LEVEL"); fi
   if [[ -n "$MAX_CANDIDATES" ]]; then search+=(--max-candidates "$MAX_CANDIDATES"); fi
+  if [[ -n "$SOFT_FWHM" ]]; then search+=(--soft-fwhm "$SOFT_FWHM"); fi
   # The trail classifier looks along every candidate line of every frame (faint meteors the
   # network's windows miss, satellites' even light and cut-off ends); fitted on the training
   # nights, its weight beside the network's on the validation nights.
