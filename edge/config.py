@@ -152,6 +152,11 @@ class SuppressionConfig:
     rescore_mixed: bool = True
     rescore_margin_px: float = 8.0
     rescore_below: float = 0.5
+    # The trail classifier's top line (what the score rests on, often too faint for the streak
+    # finder) continuing a streak of the frame before or after is a moving object's: the frame
+    # takes a second look with that line masked, as above (a frame with no streak of its own
+    # and no second look at hand is a satellite outright). Needs persistence.
+    trail_line_links: bool = True
     # aircraft: rows of evenly spaced strobe dots
     aircraft_min_dots: int = 5
     aircraft_single_frame: bool = True  # a dotted row alone is an aircraft too

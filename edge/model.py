@@ -17,7 +17,7 @@ import onnxruntime as ort
 from edge.bundle import Bundle, BundleError, load_bundle
 from edge.candidates import Candidate
 from edge.preprocess import Preprocessor, apply_mask, positive_difference, to_nchw
-from edge.streaks import DiffAnalysis
+from edge.streaks import DiffAnalysis, Streak
 from edge.trail_classifier import TrailClassifier
 from edge.trail_strip import pair_inputs
 
@@ -33,6 +33,20 @@ class TrailVerdict:
     @property
     def frame_logit(self) -> float | None:
         return float(self.logits.max()) if len(self.logits) else None
+
+    @property
+    def top_line(self) -> Streak | None:
+        """The candidate line that gave the frame its trail logit (full-frame pixels)."""
+        return self.candidates[int(self.logits.argmax())].streak if len(self.logits) else None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The bundle's score of one pair and, with a trail classifier, the line it rests on (for
+    the decider: a satellite's line continues in the frame before or after)."""
+
+    score: float
+    trail_line: Streak | None = None
 
 
 @dataclass
@@ -74,18 +88,32 @@ class Scorer:
     ) -> float:
         """The bundle's score: the model's, then the trail stage's for candidates.
         `analysis`: the pair's masked difference already analysed, to share (`pair_inputs`)."""
-        return self.staged(self.model_score(previous, current, mask), previous, current, mask,
-                           analysis)
+        return self.assess(previous, current, mask, analysis).score
+
+    def assess(
+        self, previous: np.ndarray, current: np.ndarray, mask: np.ndarray | None = None,
+        analysis: DiffAnalysis | None = None,
+    ) -> Assessment:
+        """`score`, with the trail classifier's top line where the bundle has one."""
+        return self.staged_assessment(self.model_score(previous, current, mask), previous,
+                                      current, mask, analysis)
 
     def staged(self, score: float, previous: np.ndarray, current: np.ndarray,
                mask: np.ndarray | None = None, analysis: DiffAnalysis | None = None) -> float:
+        """The bundle's score from the network's `score` of the same pair."""
+        return self.staged_assessment(score, previous, current, mask, analysis).score
+
+    def staged_assessment(self, score: float, previous: np.ndarray, current: np.ndarray,
+                          mask: np.ndarray | None = None,
+                          analysis: DiffAnalysis | None = None) -> Assessment:
         stage = self.manifest.trail_stage
         if isinstance(stage, TrailClassifier):
-            return stage.combine(score, self.trail(previous, current, mask, analysis).frame_logit)
+            verdict = self.trail(previous, current, mask, analysis)
+            return Assessment(stage.combine(score, verdict.frame_logit), verdict.top_line)
         if stage is None or score < stage.min_score:
-            return score
+            return Assessment(score)
         difference = apply_mask(positive_difference(previous, current), mask)
-        return stage.rescore(score, difference)
+        return Assessment(stage.rescore(score, difference))
 
     def trail(self, previous: np.ndarray, current: np.ndarray,
               mask: np.ndarray | None = None,

@@ -118,15 +118,16 @@ class Pipeline:
             # One analysis of the difference for the scorer's trail classifier and the
             # decider: the streaks (tens of ms) are found once a frame.
             analysis = DiffAnalysis(difference, decider.params)
-            score = scorer.score(reference.gray, current, mask, analysis)
+            assessment = scorer.assess(reference.gray, current, mask, analysis)
             t_score = time.perf_counter()
             if self.auto_mask is not None:
                 self.auto_mask.update(difference)
             self.counters["scored"] += 1
             released += decider.push(Observation(
-                frame=frame, current=current, difference=difference, score=score,
+                frame=frame, current=current, difference=difference, score=assessment.score,
                 threshold=threshold,
                 rescore=_rescorer(scorer, reference.gray, current, mask), analysis=analysis,
+                trail_line=assessment.trail_line,
             ))
         self._reference = Reference(frame, current)
         t_done = time.perf_counter()

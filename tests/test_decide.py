@@ -17,6 +17,7 @@ from edge.config import ConfigError, SuppressionConfig, parse_config
 from edge.decide import REASONS, AutoMask, Decider, Decision, Observation
 from edge.frames import Frame
 from edge.preprocess import positive_difference
+from edge.streaks import Streak
 from tests.drawing import draw_meteor
 
 H, W = 488, 652
@@ -59,7 +60,8 @@ class Night:
             image = image + layer
         return np.clip(image, 0, 255).astype(np.uint8)
 
-    def push(self, score: float = 0.01, draw: Draw | None = None, **render) -> list[Decision]:
+    def push(self, score: float = 0.01, draw: Draw | None = None,
+             trail_line: Streak | None = None, **render) -> list[Decision]:
         cur = self.render(draw, **render)
         if self.prev is None:
             self.prev = self.render()
@@ -77,8 +79,8 @@ class Night:
             def rescore(mask: np.ndarray, diff: np.ndarray = diff) -> float:
                 self.rescore_masks.append(mask)
                 return model(np.where(mask > 0, diff, 0).astype(np.uint8))
-        out = self.decider.push(Observation(frame, cur, diff, score, 0.5, rescore),
-                                now=self.clock)
+        out = self.decider.push(Observation(frame, cur, diff, score, 0.5, rescore,
+                                            trail_line=trail_line), now=self.clock)
         self.decisions += out
         self.prev = cur
         return out
@@ -329,6 +331,54 @@ def test_the_second_look_can_be_turned_off():
     cfg = dataclasses.replace(SuppressionConfig(), rescore_mixed=False)
     night, middle = satellite_beside(FAINT_LINE, cfg=cfg, model=bright_thing_model)
     assert middle.alert and night.rescore_masks == []
+
+
+def trail_line_after(line: Streak, draw: Draw | None = None, model=bright_thing_model,
+                     cfg: SuppressionConfig | None = None) -> tuple[Night, Decision]:
+    """A satellite piece in one frame; in the next, nothing the streak finder can see (or
+    `draw`), and a trail classifier whose top line is `line`. That next frame's decision."""
+    night = Night(9, cfg=cfg, model=model)
+    night.quiet(1)
+    night.push(0.01, satellite(0))
+    night.push(0.9, draw, trail_line=line)
+    night.quiet(1)
+    return night, night.finish()[night.name(3)]
+
+
+# satellite(1)'s place: where satellite(0) goes on, too faint here for the streak finder.
+NEXT_PIECE = Streak(170.0, 120.0, 272.0, 157.0, 2.0, 6.0, fwhm_px=2.0)
+
+
+def test_a_trail_line_continuing_a_neighbours_streak_is_a_satellite():
+    night, decision = trail_line_after(NEXT_PIECE)
+    assert decision.suppressed == "satellite", decision.flags
+    assert {"no_streak", "trail_line_on_track", "rescored"} <= set(decision.flags)
+    assert decision.second_look is not None and decision.second_look < 0.5
+    (mask,) = night.rescore_masks
+    assert mask[138, 220] == 0 and mask[400, 500] == 255  # the line is masked, not the rest
+    # Without a second look at hand there is nothing else in the frame to keep it.
+    assert trail_line_after(NEXT_PIECE, model=None)[1].suppressed == "satellite"
+
+
+def test_a_trail_line_elsewhere_or_soft_or_switched_off_keeps_the_alert():
+    apart = Streak(300.0, 380.0, 420.0, 440.0, 2.0, 6.0, fwhm_px=2.0)  # not on the track
+    soft = dataclasses.replace(NEXT_PIECE, fwhm_px=9.0)  # a cloud edge does not fly
+    off = dataclasses.replace(SuppressionConfig(), trail_line_links=False)
+    for line, cfg in ((apart, None), (soft, None), (NEXT_PIECE, off), (None, None)):
+        night, decision = trail_line_after(line, cfg=cfg)
+        assert decision.alert and "trail_line_on_track" not in decision.flags, (line, cfg)
+        assert night.rescore_masks == []
+
+
+def test_a_meteor_beside_a_trail_line_on_a_track_survives_the_second_look():
+    night, decision = trail_line_after(NEXT_PIECE, meteor((150, 380), (260, 460), 60, 2))
+    assert decision.alert and decision.second_look == 0.95
+    assert {"trail_line_on_track", "also_satellite"} <= set(decision.flags)
+    (mask,) = night.rescore_masks
+    assert mask[138, 220] == 0 and mask[420, 205] == 255
+    # The same frame scored by a faint line, not a meteor, takes the satellite's reason.
+    night, decision = trail_line_after(NEXT_PIECE, FAINT_LINE)
+    assert decision.suppressed == "satellite" and "rescored" in decision.flags
 
 
 def two_frames(seed: int, first: Draw, second: Draw, scores: tuple[float, float] = (0.9, 0.9),

@@ -54,6 +54,12 @@ def test_a_frame_pair_is_scored_by_its_candidates(tmp_path: Path):
                                                   abs=1e-6)
     assert scorer.model_score(*meteor) == pytest.approx(network, abs=1e-6)
     assert scorer.score(*meteor) > scorer.score(*quiet)
+    # The assessment carries the line the score rests on, for the decider.
+    assessment = scorer.assess(*meteor)
+    assert assessment.score == pytest.approx(scorer.score(*meteor), abs=1e-9)
+    best = verdict.candidates[int(np.argmax(verdict.logits))].streak
+    assert assessment.trail_line == best == verdict.top_line
+    assert along(verdict.candidates[int(np.argmax(verdict.logits))], *FAINT) >= 0.5
     # A mask over the meteor takes it out of the trail classifier's sight too.
     mask = np.full(meteor[0].shape, 255, np.uint8)
     cv2.rectangle(mask, (400, 280), (580, 400), 0, -1)
