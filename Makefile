@@ -57,7 +57,9 @@ deb: setup
 lambda: setup
 	$(BIN)/python -m cloud.build_lambda --output build/lambda.zip
 
-# Retrain the shipped model (2-core CPU here: about 65 min; a GPU box: minutes).
+# Retrain the shipped model (2-core CPU here: about 4 h; docs/training.md has each step's
+# time: the network about an hour, the trail classifier's candidates and members about an
+# hour, the held-out checks another; a GPU box: well under an hour).
 model: setup
 	bash training/recipes/shipped_model.sh
 

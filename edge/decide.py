@@ -305,7 +305,7 @@ class Decider:
         streaks = entry.analysis.streaks
         if entry.flash:
             keep = self.cfg.flash_keep_streak_px
-            sharp = [s for s in streaks if s.fwhm_px < self.cfg.cloud_min_fwhm_px]
+            sharp = [s for s in streaks if not self._soft(s)]
             if not (keep > 0 and any(s.length_px >= keep for s in sharp)):
                 return done("flash", streaks[0] if streaks else None, streaks)
             flags.append("streak_in_flash")  # a fireball lights the sky: keep it
@@ -410,7 +410,7 @@ class Decider:
                     and light.end_imbalance <= cfg.even_ends_imbalance:
                 flags.append("even_ends")  # both ends as bright as its middle: no rise and fade
                 return "satellite"
-        if cfg.cloud and streak.fwhm_px >= cfg.cloud_min_fwhm_px and self._cloud_evidence(
+        if cfg.cloud and self._soft(streak) and self._cloud_evidence(
                 entry, flags):
             flags.append("soft_edge")  # a band far wider than the optics draw a trail
             return "cloud"
@@ -472,8 +472,8 @@ class Decider:
                    for b in blobs]
         for other in _neighbours(entry, nxt):
             for track in other.link_streaks:
-                if track.fwhm_px >= cfg.cloud_min_fwhm_px:
-                    continue  # soft cloud edges do not fly
+                if self._soft(track):
+                    continue
                 length = max(track.length_px, 1.0)
                 ux, uy = (track.x2 - track.x1) / length, (track.y2 - track.y1) / length
                 for x, y in centres:
@@ -495,11 +495,11 @@ class Decider:
         cfg = self.cfg
         line = entry.obs.trail_line
         if line is None or not (cfg.persistence and cfg.trail_line_links) \
-                or line.fwhm_px >= cfg.cloud_min_fwhm_px:
+                or self._soft(line):
             return None
         for other in _neighbours(entry, nxt):
             for track in other.link_streaks:
-                if track.fwhm_px < cfg.cloud_min_fwhm_px and self._adjacent(track, line):
+                if not self._soft(track) and self._adjacent(track, line):
                     return "aircraft" if track.dotted and cfg.aircraft_single_frame \
                         else "satellite"
         return None
@@ -549,6 +549,11 @@ class Decider:
             e, idx, frames = e.prev, links[idx], frames + 1
         return frames
 
+    def _soft(self, streak: Streak) -> bool:
+        """A band far wider than the optics draw a trail: a moving cloud's edge. Such edges
+        never link across frames (they do not fly) and count as evidence of cloud."""
+        return streak.fwhm_px >= self.cfg.cloud_min_fwhm_px
+
     def _adjacent(self, a: Streak, b: Streak) -> bool:
         """b starts (about) where a ends: a moving object's next exposure. Its path may bend
         (a great circle on a fisheye bends hard near the horizon), so the angle may be up to
@@ -574,8 +579,8 @@ class Decider:
     def _continues(self, a: Streak, b: Streak) -> tuple[bool, float]:
         """Whether b continues a in the next frame, and how well (lower is better)."""
         cfg = self.cfg
-        if a.fwhm_px >= cfg.cloud_min_fwhm_px or b.fwhm_px >= cfg.cloud_min_fwhm_px:
-            return False, math.inf  # soft cloud edges do not fly
+        if self._soft(a) or self._soft(b):
+            return False, math.inf
         angle = angle_between(a, b)
         if self._adjacent(a, b):
             # Ranked by bend and by how far b's start sits off a's line: a meteor beside an
@@ -645,7 +650,7 @@ class Decider:
         (Not star visibility alone: dew on the dome hides stars and blurs a meteor too.)"""
         analysis = entry.analysis
         diffuse = sum(len(b.pixels[0]) for b in analysis.blobs)
-        soft = sum(s.fwhm_px >= self.cfg.cloud_min_fwhm_px for s in analysis.streaks)
+        soft = sum(self._soft(s) for s in analysis.streaks)
         if diffuse >= self.cfg.cloud_diffuse_share * analysis.small.size or soft >= 3:
             if "cloud_motion" not in flags:
                 flags.append("cloud_motion")

@@ -478,14 +478,17 @@ def test_trail_stage_bundle_scores_the_same_in_evaluation_and_on_the_pi(bundle: 
     # ...and `evaluate --alerts` runs those nights through the Pi's pipeline at the threshold.
     report_dir = tmp_path / "report"
     rc = main(["evaluate", "--data", str(indexed), "--model", str(out), "--split", "valid",
-               "--out", str(report_dir), "--alerts", "--no-coverage", "--gallery", "2",
+               "--out", str(report_dir), "--alerts", "--no-coverage", "--gallery", "0",
                "--threshold", "0.3"])
     assert rc == 0
     model = json.loads((report_dir / "metrics.json").read_text())["models"][0]
     alerts, alone = model["alerts"], model["at_threshold"]
     assert alerts["frames"] == len(valid) and alerts["threshold"] == 0.3
     assert alerts["tp"] <= alone["tp"] and alerts["fp"] <= alone["fp"]  # rules only remove
-    assert "through the edge pipeline" in (report_dir / "report.md").read_text()
+    text = (report_dir / "report.md").read_text()
+    assert "through the edge pipeline" in text
+    # --gallery 0: no top-loss figure at all (not an empty one), and no heading for it.
+    assert not list(report_dir.glob("top-losses-*.png")) and "Top losses" not in text
 
 
 def test_trail_classifier_bundle_scores_the_same_in_evaluation_and_on_the_pi(

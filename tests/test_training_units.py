@@ -551,3 +551,29 @@ def test_process_map_keeps_job_order_in_worker_processes_and_here():
     assert [r[0] for r in serial] == [0, 1, 4, 9, 16] and {r[1] for r in serial} == {os.getpid()}
     assert _INITIALISED == ["here"]
     _INITIALISED.clear()
+
+
+def test_a_mining_pass_ranks_the_candidates_as_torch_does():
+    """Mining passes score through the exported graph (onnxruntime, for speed): the same logits
+    and the same hard negatives as the network in torch, batch norm's running statistics
+    included; the model is left ready to go on training."""
+    import torch
+
+    from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS
+    from training.trail_classifier import logits, mining_logits, strip_net
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = strip_net(len(SCALARS))
+    strips = rng.normal(size=(700, CHANNELS, ACROSS, ALONG)).astype(np.float16)
+    scalars = rng.normal(size=(700, len(SCALARS))).astype(np.float32)
+    model.train()
+    with torch.no_grad():  # moves the running statistics off their initial 0 and 1
+        model(torch.from_numpy(strips[:256].astype(np.float32) * 3 + 1),
+              torch.from_numpy(scalars[:256]))
+    z = mining_logits(model, strips, scalars)
+    expected = logits(model, strips, scalars)
+    assert z.shape == (700,) and np.allclose(z, expected, atol=1e-4)
+    assert np.std(expected) > 1e-3  # not a constant output both ways
+    hard = set(np.argsort(-z)[:175])
+    assert len(hard & set(np.argsort(-expected)[:175])) >= 173

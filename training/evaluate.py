@@ -746,6 +746,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                                               args.threads or 1, args.workers)
     figures: dict[str, Any] = {"curves": plot_curves(y, scored, out), "galleries": {}}
     for k, s in enumerate(scored):
+        if args.gallery <= 0:
+            break  # no gallery asked for: no empty figure, no heading in the report
         name = f"top-losses-{k}.png"
         results[k]["top_losses"] = plot_gallery(df, y, s, channels, out, args.gallery, name)
         figures["galleries"][s.name] = name

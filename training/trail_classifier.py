@@ -283,11 +283,11 @@ def train_model(examples: Examples, meteor_frames: np.ndarray, has_segment: np.n
             # quarter to draw from until the next pass.
             others = np.nonzero(labels == 0)[0]
             pool = rng.choice(others, min(len(others), MINING_POOL), replace=False)
-            z = logits(model, examples.strips[pool], examples.scalars[pool])
+            z = mining_logits(model, examples.strips[pool], examples.scalars[pool])
             hard = pool[np.argsort(-z)[: max(len(pool) // 4, 1)]]
             if (meteor_frames & ~has_segment).any():
                 labels = candidate_labels(examples, meteor_frames, has_segment,
-                                          logits(model, examples.strips, examples.scalars))
+                                          mining_logits(model, examples.strips, examples.scalars))
                 positives = np.nonzero(labels > 0)[0]
         others = np.nonzero(labels == 0)[0]
         n_hard = int(hard_share * per_epoch) if hard is not None else 0
@@ -343,7 +343,7 @@ def export_onnx(model) -> bytes:
 
 
 def graph_logits(onnx_bytes: bytes, strips: np.ndarray, scalars: np.ndarray,
-                 threads: int = 1, batch: int = 4096) -> np.ndarray:
+                 threads: int = 1, batch: int = 512) -> np.ndarray:
     """The candidates' logits from an exported graph (onnxruntime, as the Pi runs it)."""
     from training.export import onnx_session
 
@@ -352,6 +352,16 @@ def graph_logits(onnx_bytes: bytes, strips: np.ndarray, scalars: np.ndarray,
                               "scalars": scalars[i:i + batch]})[0].reshape(-1)
            for i in range(0, len(strips), batch)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def mining_logits(model, strips: np.ndarray, scalars: np.ndarray) -> np.ndarray:
+    """The model's logits as a mining pass needs them, through its exported graph: on two
+    CPU cores onnxruntime scores the strips ~5x faster than torch's eager forward (20,000
+    strips, one thread: 9 s against 46 s), the same logits to 1e-7, and the passes had
+    taken two thirds of a member's training time. Leaves the model in eval mode."""
+    import torch
+
+    return graph_logits(export_onnx(model), strips, scalars, threads=torch.get_num_threads())
 
 
 def onnx_parity(onnx_bytes: bytes, model, examples: Examples, limit: int = 4096) -> float:
