@@ -577,3 +577,33 @@ def test_a_mining_pass_ranks_the_candidates_as_torch_does():
     assert np.std(expected) > 1e-3  # not a constant output both ways
     hard = set(np.argsort(-z)[:175])
     assert len(hard & set(np.argsort(-expected)[:175])) >= 173
+
+
+def test_trail_training_mines_and_relabels_meteor_frames_without_a_segment():
+    """Label folders have meteor frames without the meteor's segment: each mining pass scores
+    every candidate once, takes its hard negatives from those scores and makes each such
+    frame's top candidate its meteor (multiple-instance learning)."""
+    from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS
+    from training.trail_classifier import Examples, candidate_labels, train_model
+
+    rng = np.random.default_rng(1)
+    frames, per_frame = 40, 5
+    frame = np.repeat(np.arange(frames, dtype=np.int32), per_frame)
+    strips = rng.normal(size=(len(frame), CHANNELS, ACROSS, ALONG)).astype(np.float16)
+    meteor_frames = np.arange(frames) < 10
+    has_segment = np.arange(frames) < 5  # frames 5-9: meteors without a segment
+    cover = np.zeros(len(frame), np.float32)
+    cover[np.arange(5) * per_frame] = 0.5
+    strips[np.arange(10) * per_frame] += 2  # each meteor frame's first candidate is bright
+    scalars = rng.normal(size=(len(frame), len(SCALARS))).astype(np.float32)
+    examples = Examples(strips, scalars, frame, cover, frames)
+    _, history = train_model(examples, meteor_frames, has_segment, epochs=3, neg_ratio=3,
+                                 hard_share=0.5, seed=0, progress=False)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[1]["hard"] == 0 and history[2]["hard"] > 0  # the pass at epoch 2 mined
+    # The relabelling itself: by segment where there is one, else the frame's top logit.
+    z = np.zeros(len(frame), np.float32)
+    z[np.arange(5, 10) * per_frame + 2] = 5.0
+    labels = candidate_labels(examples, meteor_frames, has_segment, z)
+    expected = [*(np.arange(5) * per_frame), *(np.arange(5, 10) * per_frame + 2)]
+    assert np.flatnonzero(labels).tolist() == expected

@@ -745,9 +745,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 m["alerts"] = pipeline_alerts(Path(s.info["path"]), df, y, s.threshold,
                                               args.threads or 1, args.workers)
     figures: dict[str, Any] = {"curves": plot_curves(y, scored, out), "galleries": {}}
-    for k, s in enumerate(scored):
-        if args.gallery <= 0:
-            break  # no gallery asked for: no empty figure, no heading in the report
+    # --gallery 0: no figure at all (not an empty one) and no heading in the report.
+    for k, s in enumerate(scored if args.gallery > 0 else []):
         name = f"top-losses-{k}.png"
         results[k]["top_losses"] = plot_gallery(df, y, s, channels, out, args.gallery, name)
         figures["galleries"][s.name] = name

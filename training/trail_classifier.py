@@ -283,11 +283,15 @@ def train_model(examples: Examples, meteor_frames: np.ndarray, has_segment: np.n
             # quarter to draw from until the next pass.
             others = np.nonzero(labels == 0)[0]
             pool = rng.choice(others, min(len(others), MINING_POOL), replace=False)
-            z = mining_logits(model, examples.strips[pool], examples.scalars[pool])
+            blind = (meteor_frames & ~has_segment).any()
+            if blind:  # the labels need every candidate's logit: the pool's are among them
+                z_all = mining_logits(model, examples.strips, examples.scalars)
+                z = z_all[pool]
+            else:
+                z = mining_logits(model, examples.strips[pool], examples.scalars[pool])
             hard = pool[np.argsort(-z)[: max(len(pool) // 4, 1)]]
-            if (meteor_frames & ~has_segment).any():
-                labels = candidate_labels(examples, meteor_frames, has_segment,
-                                          mining_logits(model, examples.strips, examples.scalars))
+            if blind:
+                labels = candidate_labels(examples, meteor_frames, has_segment, z_all)
                 positives = np.nonzero(labels > 0)[0]
         others = np.nonzero(labels == 0)[0]
         n_hard = int(hard_share * per_epoch) if hard is not None else 0
