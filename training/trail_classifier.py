@@ -552,9 +552,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="the model's bundle")
     parser.add_argument("--out", type=Path, required=True, help="write the new bundle here")
     parser.add_argument("--version", help="the new bundle's version (default: unchanged)")
-    parser.add_argument("--epochs", type=int, default=20,
-                        help="per member (default 20, the shipped 3.3.0's; 10 lost 3 points "
-                             "within 10 FP per 1,000 on the held-out nights)")
+    parser.add_argument("--epochs", type=int, default=30,
+                        help="per member (default 30, the shipped 3.4.0's; docs/training.md "
+                             "compares 10, 20 and 30)")
     parser.add_argument("--neg-ratio", type=int, default=12,
                         help="other candidates per meteor candidate each epoch (default 12)")
     parser.add_argument("--hard-share", type=float, default=0.5,

@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-"$REPO/.venv/bin/python"}
 WORK=${WORK:-/tmp/guaita-shipped}           # simulated frames, caches, model, reports
 OUT=${OUT:-"$REPO/models/guaita-r18-sim"}   # the bundle
 NAME=${NAME:-guaita-r18-sim}
-VERSION=${VERSION:-3.3.0}
+VERSION=${VERSION:-3.4.0}
 
 CAMERAS=${CAMERAS:-12}       # simulated sites: lens, skyline, light pollution differ
 NIGHTS=${NIGHTS:-8}          # nights per camera (conditions drawn: clear/moon/cloudy/overcast)
@@ -51,7 +51,7 @@ ALERT_RULE=${ALERT_RULE:-fp:0.003@0.9}  # the shipped threshold: <= 3 false aler
                              # frames at 90 % confidence (a margin for nights to come)
 STAGE=${STAGE:-0}            # fit the logistic trail stage (edge/trail_stage.py, 2.1-2.2's) instead
 CLASSIFIER=${CLASSIFIER:-1}  # give the bundle the trail classifier (edge/trail_classifier.py)
-CLASSIFIER_EPOCHS=${CLASSIFIER_EPOCHS:-20}
+CLASSIFIER_EPOCHS=${CLASSIFIER_EPOCHS:-30}
 CLASSIFIER_MEMBERS=${CLASSIFIER_MEMBERS:-3} # classifiers from seeds SEED, SEED+1, ... averaged
                              # in one graph (steadier at the strict end; K x the Pi's CNN time)
 SEARCH_SEEDS=${SEARCH_SEEDS:-}     # the classifier's candidate search (empty: guaita trail-classifier's
