@@ -275,6 +275,8 @@ def train_model(examples: Examples, meteor_frames: np.ndarray, has_segment: np.n
     # logits' scale as the meteor-to-other ratio the model meets changes.
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(max(neg_ratio / 3.0, 1.0)))
     hard: np.ndarray | None = None
+    # Meteor frames without a segment (label folders) are relabelled at every mining pass.
+    relabel = bool((meteor_frames & ~has_segment).any())
     history = []
     for epoch in range(epochs):
         started = time.monotonic()
@@ -283,14 +285,13 @@ def train_model(examples: Examples, meteor_frames: np.ndarray, has_segment: np.n
             # quarter to draw from until the next pass.
             others = np.nonzero(labels == 0)[0]
             pool = rng.choice(others, min(len(others), MINING_POOL), replace=False)
-            blind = (meteor_frames & ~has_segment).any()
-            if blind:  # the labels need every candidate's logit: the pool's are among them
+            if relabel:  # the labels need every candidate's logit: the pool's are among them
                 z_all = mining_logits(model, examples.strips, examples.scalars)
                 z = z_all[pool]
             else:
                 z = mining_logits(model, examples.strips[pool], examples.scalars[pool])
             hard = pool[np.argsort(-z)[: max(len(pool) // 4, 1)]]
-            if blind:
+            if relabel:
                 labels = candidate_labels(examples, meteor_frames, has_segment, z_all)
                 positives = np.nonzero(labels > 0)[0]
         others = np.nonzero(labels == 0)[0]
