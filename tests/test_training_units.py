@@ -18,6 +18,7 @@ from training._metrics import (
     choose_threshold,
     int8_refusal,
     parity,
+    partial_roc_area,
     per_class,
     pr_curve,
     recall_by_bins,
@@ -416,6 +417,57 @@ def test_best_within_finds_the_highest_recall_inside_the_false_positive_budget()
     loose = best_within(y, p, 15.0)  # the 15 look-alikes fit: every meteor, at the grid's foot
     assert loose is not None and loose["fp"] == 15 and loose["recall"] == 1.0
     assert best_within(y, np.r_[meteors, np.ones(990)], 10.0) is None  # no threshold fits
+
+
+def test_partial_roc_area_judges_the_ranking_only_up_to_the_false_positive_rate():
+    y = np.r_[np.ones(2, bool), np.zeros(4, bool)]
+    assert partial_roc_area(y, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 0.5) == 1.0
+    assert partial_roc_area(y, [0.1, 0.2, 0.7, 0.6, 0.5, 0.4], 0.5) == 0.0
+    # Over every rate it is the AUC (a tie counts half): 5.5 of 8 pairs in order.
+    assert partial_roc_area(y, [0.9, 0.5, 0.7, 0.6, 0.5, 0.4], 1.0) == pytest.approx(0.6875)
+    # One meteor above every other frame, one below the top one: at rates up to 1/4 only the
+    # first is found (area 1/2); the second comes in between 1/4 and 1/2.
+    p = [0.9, 0.75, 0.8, 0.6, 0.5, 0.4]
+    assert partial_roc_area(y, p, 0.25) == pytest.approx(0.5)
+    assert partial_roc_area(y, p, 0.5) == pytest.approx((0.5 * 0.25 + 1.0 * 0.25) / 0.5)
+    with pytest.raises(ValueError, match="max_fpr"):
+        partial_roc_area(y, p, 0.0)
+
+
+def _trail_and_network_logits(rng, fooled: int):
+    """Validation frames where the trail logit separates meteors from look-alikes and the
+    network's logit separates the bulk of easy frames but scores `fooled` look-alikes (a
+    satellite's single-exposure trail) as high as the meteors."""
+    meteors, easy = 200, 6000
+    trail = np.r_[rng.normal(3.0, 1.0, meteors), rng.normal(-1.0, 2.0, easy),
+                  rng.normal(0.5, 1.0, fooled)]
+    network = np.r_[rng.normal(2.0, 1.5, meteors), rng.normal(-6.0, 1.5, easy),
+                    rng.normal(3.0, 1.0, fooled)]
+    y = np.r_[np.ones(meteors, bool), np.zeros(easy + fooled, bool)]
+    return trail, 1 / (1 + np.exp(-network)), y
+
+
+def test_the_combination_ranks_the_top_by_the_trail_where_the_network_is_fooled_there():
+    from training.trail_classifier import fit_combination
+
+    trail, network, y = _trail_and_network_logits(np.random.default_rng(3), fooled=60)
+    fit = fit_combination(trail, network, y, empty=-12.0)
+    # The likelihood, ruled by the easy frames, wants a large network share; the top does not.
+    assert fit.share < fit.logistic_share
+    assert fit.partial_roc_area["chosen"] > fit.partial_roc_area["logistic"]
+    assert fit.network_weight == pytest.approx(fit.share * fit.trail_weight)
+    assert fit.trail_weight > 0
+    # Scale and bias are still a logistic fit: the scores add up to the meteors' count.
+    z = fit.trail_weight * trail + fit.network_weight * np.log(network / (1 - network)) + fit.bias
+    assert float((1 / (1 + np.exp(-z))).sum()) == pytest.approx(float(y.sum()), rel=0.02)
+
+
+def test_the_combination_keeps_a_network_that_is_not_fooled():
+    from training.trail_classifier import fit_combination
+
+    trail, network, y = _trail_and_network_logits(np.random.default_rng(4), fooled=0)
+    fit = fit_combination(trail, network, y, empty=-12.0)
+    assert fit.share >= 0.5  # the network helps everywhere: it keeps its share
 
 
 def test_hard_negatives_take_their_share_of_the_draw_by_hardness():

@@ -122,6 +122,22 @@ def roc_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
     return fpr, tpr, float(np.trapezoid(tpr, fpr))
 
 
+def partial_roc_area(y, p, max_fpr: float) -> float:
+    """The ROC curve's area over false-positive rates 0..max_fpr, divided by max_fpr (1: every
+    meteor ranked above the top max_fpr of the others). Where a budget is a few false
+    positives per 1,000 frames, this compares rankings where the alerts are, and unlike the
+    best recall within that budget it moves smoothly as the ranking changes."""
+    if not 0.0 < max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in (0, 1], not {max_fpr}")
+    fpr, tpr, _ = roc_curve(y, p)
+    inside = int(np.searchsorted(fpr, max_fpr, side="right"))  # points with fpr <= max_fpr
+    xs, ys = fpr[:inside], tpr[:inside]
+    if inside < fpr.size:  # the curve's piece that crosses max_fpr, cut there
+        x0, x1, y0, y1 = fpr[inside - 1], fpr[inside], tpr[inside - 1], tpr[inside]
+        xs, ys = np.r_[xs, max_fpr], np.r_[ys, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)]
+    return float(np.trapezoid(ys, xs) / max_fpr)
+
+
 def pr_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
     """(recall, precision, average precision) over every distinct score."""
     y, p = _arrays(y, p)

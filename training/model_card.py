@@ -129,6 +129,14 @@ def _gain_table(gain: dict[str, Any], rows: list[tuple[str, str]]) -> list[str]:
     return _table(header, [[title, *[gain[key][k] for k in keys]] for title, key in rows])
 
 
+def _share_clause(fitted: dict[str, Any]) -> str:
+    if "network_share" not in fitted:  # bundles before 3.5.0: a plain logistic regression
+        return ""
+    return (f": the network's share {fitted['network_share']:g} of the trail's, chosen by "
+            f"{fitted.get('network_share_by', '?')} where a plain logistic regression gives "
+            f"{fitted.get('logistic_network_share', float('nan')):.2f}")
+
+
 def _members_clause(fitted: dict[str, Any]) -> str:
     members = int(fitted.get("members", 1))
     if members <= 1:
@@ -164,7 +172,8 @@ def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
              f"{fitted.get('hard_share', '?')}). The frame's trail logit is its best "
              "candidate's; the bundle's score is sigmoid("
              f"{stage.trail_weight:.3f} × trail logit {stage.network_weight:+.3f} × "
-             f"logit(network) {stage.bias:+.3f}) (weights fitted on the validation nights), "
+             f"logit(network) {stage.bias:+.3f}) (fitted on the validation nights"
+             f"{_share_clause(fitted)}), "
              "so every figure on this card (except int8 against fp32, the network alone) and "
              "the threshold are for that score.", ""]
     if gain:

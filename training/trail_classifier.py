@@ -21,10 +21,11 @@ says what the Pi does with it). Here:
    against torch on the validation candidates; K members become one graph whose logit is
    the mean of theirs. Each member's graph is cached beside the examples (``members/``), so
    adding members to an ensemble trains only the new ones.
-5. **combination**: on the *validation* nights, a logistic regression of the frame's label on
-   its trail logit and the network's logit gives the bundle's score (the network's scores on
-   its own training nights are too confident to fit that there). The threshold is then chosen
-   on the same nights by ``guaita alert-threshold``, run next.
+5. **combination**: on the *validation* nights, the bundle's score is a logistic function of
+   the frame's trail logit and the network's logit (the network's scores on its own training
+   nights are too confident to fit that there). The network's share is the one that ranks
+   those frames best up to 1 % false positives, the scale and bias a logistic regression.
+   The threshold is then chosen on the same nights by ``guaita alert-threshold``, run next.
 
     guaita trail-classifier --data ~/guaita-work/data --bundle ~/guaita-work/bundle \\
         --out ~/guaita-work/bundle-trail --version 3.1.0 --workers 2 --members 3
@@ -440,18 +441,56 @@ def combination_inputs(trail: np.ndarray, network: np.ndarray, empty: float) -> 
                             [logit(float(p)) for p in network]])
 
 
+# The share of the network's logit in the score is tried at these values (and at the
+# logistic regression's own); beyond 1 the network would lead the trail.
+NETWORK_SHARES = tuple(round(r, 2) for r in np.arange(0.0, 1.001, 0.05))
+# The ranking is judged over false-positive rates 0..1 %: the project's budget, 10 per 1,000.
+COMBINATION_MAX_FPR = 0.01
+
+
+@dataclass(frozen=True)
+class Combination:
+    """The bundle's score, sigmoid(trail_weight · trail logit + network_weight · network
+    logit + bias), and how its network share was chosen."""
+
+    trail_weight: float
+    network_weight: float
+    bias: float
+    share: float  # network_weight / trail_weight: all that the ranking depends on
+    logistic_share: float  # what a plain logistic regression of the labels gives
+    partial_roc_area: dict[str, float]  # at the chosen and the logistic's share
+
+
 def fit_combination(trail: np.ndarray, network: np.ndarray, y: np.ndarray,
-                    empty: float) -> tuple[float, float, float]:
-    """(trail_weight, network_weight, bias) of the bundle's score, by penalised logistic
-    regression of the frames' labels (training.trail_stage.fit_logistic)."""
+                    empty: float, max_fpr: float = COMBINATION_MAX_FPR) -> Combination:
+    """The bundle's score on the validation frames. A logistic regression of the labels on
+    both logits spends the network's share on the likelihood of every frame, most of them
+    easy; the Pi alerts only at the top, where the network can be the weaker of the two (its
+    satellites and cloud edges). So the share is the one that ranks the validation frames
+    best at false-positive rates up to `max_fpr` (partial ROC area; of equals, the one
+    nearest the regression's), and the scale and bias are then fitted by logistic
+    regression with that share fixed, which keeps the score a probability for the threshold
+    to be set on."""
+    from training._metrics import partial_roc_area
     from training.trail_stage import fit_logistic
 
     x = combination_inputs(trail, network, empty)
-    coef, intercept = fit_logistic(x, y.astype(float), l2=1.0)
+    labels = y.astype(float)
+    coef, _ = fit_logistic(x, labels, l2=1.0)
     if coef[0] <= 0:
         raise TrainingError("the trail logit does not separate the validation frames (its "
                             "weight came out <= 0): too few validation meteors?")
-    return float(coef[0]), float(coef[1]), float(intercept)
+    logistic_share = round(max(0.0, float(coef[1] / coef[0])), 4)
+    areas = {share: partial_roc_area(y, x[:, 0] + share * x[:, 1], max_fpr)
+             for share in sorted({*NETWORK_SHARES, logistic_share})}
+    share = float(max(areas, key=lambda r: (areas[r], -abs(r - logistic_share))))
+    (scale,), bias = fit_logistic((x[:, 0] + share * x[:, 1])[:, None], labels, l2=1.0)
+    if scale <= 0:
+        raise TrainingError("the combined logit does not separate the validation frames")
+    return Combination(trail_weight=float(scale), network_weight=float(scale * share),
+                       bias=float(bias), share=share, logistic_share=logistic_share,
+                       partial_roc_area={"chosen": areas[share],
+                                         "logistic": areas[logistic_share]})
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
@@ -511,7 +550,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     ex = examples["valid"]
     trail = frame_logits(ex, graph_logits(onnx_bytes, ex.strips, ex.scalars, args.threads))
     empty = float(np.nanmin(trail)) - 1.0 if np.isfinite(trail).any() else -12.0
-    weights = fit_combination(trail, network, y, empty)
+    combination = fit_combination(trail, network, y, empty)
     fitted_on = {"split": "train", "frames": int(examples["train"].frames),
                  "candidates": len(examples["train"].frame),
                  "meteor_frames": int(meteor.sum()), "nights": int(train_rows["night"].nunique()),
@@ -519,10 +558,14 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                  "neg_ratio": args.neg_ratio,
                  "hard_share": args.hard_share, "train_seconds": round(train_s, 1),
                  "onnx_max_abs_logit_diff": parity, "combined_on": "valid",
+                 "network_share": combination.share,
+                 "network_share_by": f"partial ROC area to FPR {COMBINATION_MAX_FPR:g}",
+                 "logistic_network_share": combination.logistic_share,
                  "dataset": str(args.data)}
     stage = TrailClassifier(sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-                            trail_weight=weights[0], network_weight=weights[1],
-                            bias=weights[2], empty_logit=empty,
+                            trail_weight=combination.trail_weight,
+                            network_weight=combination.network_weight,
+                            bias=combination.bias, empty_logit=empty,
                             candidates=CandidateParams.from_dict(stage_params["candidates"]),
                             streak_params=Decider().params, fitted_on=fitted_on)
     combined = np.array([stage.combine(float(n), None if np.isnan(t) else float(t))
@@ -536,7 +579,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     out = write_staged_bundle(bundle, args.out, stage.to_dict(), args.version, gain,
                               "without the trail classifier", {MODEL_FILE: onnx_bytes})
     report = {"bundle": out.label, "fitted_on": fitted_on, "valid": gain,
-              "weights": dict(zip(("trail", "network", "bias"), weights, strict=True)),
+              "weights": {"trail": combination.trail_weight,
+                          "network": combination.network_weight, "bias": combination.bias},
+              "combination": asdict(combination),
               "history": history}
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -554,7 +599,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="write the new bundle here")
     parser.add_argument("--version", help="the new bundle's version (default: unchanged)")
     parser.add_argument("--epochs", type=int, default=30,
-                        help="per member (default 30, the shipped 3.4.0's; docs/training.md "
+                        help="per member (default 30, as the shipped bundle's; docs/training.md "
                              "compares 10, 20 and 30)")
     parser.add_argument("--neg-ratio", type=int, default=12,
                         help="other candidates per meteor candidate each epoch (default 12)")

@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-"$REPO/.venv/bin/python"}
 WORK=${WORK:-/tmp/guaita-shipped}           # simulated frames, caches, model, reports
 OUT=${OUT:-"$REPO/models/guaita-r18-sim"}   # the bundle
 NAME=${NAME:-guaita-r18-sim}
-VERSION=${VERSION:-3.4.0}
+VERSION=${VERSION:-3.5.0}
 
 CAMERAS=${CAMERAS:-12}       # simulated sites: lens, skyline, light pollution differ
 NIGHTS=${NIGHTS:-8}          # nights per camera (conditions drawn: clear/moon/cloudy/overcast)
