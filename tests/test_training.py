@@ -485,8 +485,15 @@ def test_trail_stage_bundle_scores_the_same_in_evaluation_and_on_the_pi(bundle: 
     alerts, alone = model["alerts"], model["at_threshold"]
     assert alerts["frames"] == len(valid) and alerts["threshold"] == 0.3
     assert alerts["tp"] <= alone["tp"] and alerts["fp"] <= alone["fp"]  # rules only remove
+    # The best alert recall within each budget: never below the run threshold's own when that
+    # one fits the budget, never over the budget itself.
+    for budget, best in alerts["best_within"].items():
+        if alerts["fp_per_1000"] <= float(budget):
+            assert best is not None and best["recall"] >= alerts["recall"]
+        if best is not None:
+            assert best["fp_per_1000"] <= float(budget) and best["frames"] == len(valid)
     text = (report_dir / "report.md").read_text()
-    assert "through the edge pipeline" in text
+    assert "through the edge pipeline" in text and "within a false-alert budget" in text
     # --gallery 0: no top-loss figure at all (not an empty one), and no heading for it.
     assert not list(report_dir.glob("top-losses-*.png")) and "Top losses" not in text
 

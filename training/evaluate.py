@@ -44,9 +44,11 @@ from training._common import (
 from training._metrics import (
     FLAG_COLUMNS,
     PEAK_EDGES,
+    STAGE_BUDGETS,
     TARGET_FP_PER_1000,
     at_threshold,
     best_within,
+    headline,
     per_class,
     pr_curve,
     recall_by_bins,
@@ -216,15 +218,23 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
 
 def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
                     threads: int, workers: int = 1) -> dict[str, Any]:
-    """The split's nights, every frame, through the edge pipeline at `threshold` as the Pi runs
-    them (suppression rules, learned mask): recall and false alerts of its alerts."""
-    from training.alert_threshold import alerts_at, alerts_headline
+    """The split's nights, every frame, through the edge pipeline as the Pi runs them
+    (suppression rules, learned mask): recall and false alerts of its alerts at `threshold`,
+    and the best recall any threshold reaches within each false-alert budget. One run at
+    threshold 0 gives every threshold's alerts (`alert_scores`, as alert-threshold does)."""
+    from training.alert_threshold import alert_scores, results_for, run_pipeline
+    from training.alert_threshold import night_folders as folders
 
     if "frame" not in df.columns:
         raise TrainingError("--alerts needs the index's frame paths")
-    log.info("%s: the %s nights through the edge pipeline at threshold %.3f", bundle,
-             df["split"].iloc[0], threshold)
-    return alerts_headline(y, alerts_at(bundle, df, threshold, threads, workers)[1], threshold)
+    log.info("%s: the %s nights through the edge pipeline (threshold 0: every threshold's "
+             "alerts)", bundle, df["split"].iloc[0])
+    results = run_pipeline(bundle, folders(df), 0.0, threads, workers)
+    scores = alert_scores(df, results)
+    if len(results_for(df, results)) != len(y):
+        raise TrainingError("the pipeline's results do not match the split's frames")
+    return {**headline(at_threshold(y, scores, threshold)),
+            "best_within": {f"{b:g}": best_within(y, scores, b) for b in STAGE_BUDGETS}}
 
 
 def _truthy(column) -> np.ndarray:
@@ -639,6 +649,10 @@ def _missed_section(r: Report, both: dict[str, Any]) -> None:
     r.table(*missed_rows(missed))
 
 
+def _recall_at(best: dict[str, Any] | None) -> str:
+    return "none" if best is None else f"{best['recall']:.4f} ({best['threshold']:.4g})"
+
+
 def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[str, Any]],
                  figures: dict[str, Any], dmeta: dict[str, Any],
                  coverage: dict[str, Any] | None = None) -> None:
@@ -663,6 +677,15 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
                 [[m["name"], m["threshold"], m["at_threshold"]["recall"],
                   m["at_threshold"]["fp_per_1000"], m["alerts"]["recall"],
                   m["alerts"]["fp_per_1000"]] for m in with_alerts])
+        budgets = sorted({b for m in with_alerts for b in m["alerts"].get("best_within", {})},
+                         key=float)
+        if budgets:
+            r.para("Best alert recall any threshold reaches within a false-alert budget "
+                   "(every distinct alert score; the nights run once at threshold 0):")
+            r.table(["model", *(f"≤ {b} false alerts/1000: recall (threshold)"
+                                for b in budgets)],
+                    [[m["name"], *(_recall_at(m["alerts"]["best_within"].get(b))
+                                   for b in budgets)] for m in with_alerts])
     for name in figures["curves"]:
         r.image(name, name.removesuffix(".png"))
     if coverage and coverage["meteors"]:

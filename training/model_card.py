@@ -34,8 +34,9 @@ def _bundle_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def verdict(name: str, metrics: dict[str, Any]) -> str:
-    """One honest line: the best recall any threshold (0.01 grid; the sweep's rows in older
-    reports) reaches within the false-positive budget."""
+    """One honest line: the best recall any threshold (every distinct score; a 0.01 grid in
+    reports before 3.5.0's second evaluation, the sweep's rows in older ones) reaches within
+    the false-positive budget."""
     b = _bundle_metrics(metrics)
     if "best_within_target" in b:
         best = b["best_within_target"]
@@ -47,9 +48,17 @@ def verdict(name: str, metrics: dict[str, Any]) -> str:
                 f"{TARGET_FP_PER_1000:g} frames per 1,000: target recall {TARGET_RECALL} "
                 "**not met**.")
     met = "met" if best["recall"] >= TARGET_RECALL else "**not met**"
-    return (f"on {name}, the best recall within {TARGET_FP_PER_1000:g} false-positive frames "
-            f"per 1,000 is {best['recall']:.3f} (threshold {best['threshold']:g}): target "
+    line = (f"on {name}, the best recall within {TARGET_FP_PER_1000:g} false-positive frames "
+            f"per 1,000 is {best['recall']:.3f} (threshold {best['threshold']:.4g}): target "
             f"recall {TARGET_RECALL} {met}.")
+    # `evaluate --alerts`: the same budget on what the operator receives, the rules applied.
+    alerts = (b.get("alerts") or {}).get("best_within", {}).get(f"{TARGET_FP_PER_1000:g}")
+    if alerts is not None:
+        met = "met" if alerts["recall"] >= TARGET_RECALL else "not met"
+        line += (f" The daemon's alerts (suppression rules on) reach {alerts['recall']:.3f} "
+                 f"within {TARGET_FP_PER_1000:g} false alerts per 1,000 (threshold "
+                 f"{alerts['threshold']:.4g}; {met}).")
+    return line
 
 
 def by_condition_table(by: dict[str, Any] | None) -> list[str]:
@@ -274,7 +283,8 @@ def render(bundle_dir: Path, reports: dict[str, Path],
                   else "model alone")
         lines += ["**Status against the project's target** (recall ≥ "
                   f"{TARGET_RECALL} at ≤ {TARGET_FP_PER_1000:g} false-positive frames per "
-                  f"1,000, {scored}, before the daemon's suppression rules):", ""]
+                  f"1,000, {scored}, before the daemon's suppression rules; and its alerts, the "
+                  "rules applied, where the report ran the nights through the pipeline):", ""]
         lines += [f"- {verdict(name, metrics)}" for name, metrics in loaded.items()]
         lines.append("")
     lines += alerts_section(m.metrics.get("alerts"), "network and trail stage, no rules"

@@ -579,8 +579,6 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     out = write_staged_bundle(bundle, args.out, stage.to_dict(), args.version, gain,
                               "without the trail classifier", {MODEL_FILE: onnx_bytes})
     report = {"bundle": out.label, "fitted_on": fitted_on, "valid": gain,
-              "weights": {"trail": combination.trail_weight,
-                          "network": combination.network_weight, "bias": combination.bias},
               "combination": asdict(combination),
               "history": history}
     if args.report:
