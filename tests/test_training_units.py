@@ -673,12 +673,13 @@ def test_trail_training_mines_and_relabels_meteor_frames_without_a_segment():
 def test_model_card_verdict_adds_the_alerts_where_the_report_ran_the_pipeline():
     from training.model_card import verdict
 
-    best = {"recall": 0.9, "threshold": 0.5031, "fp_per_1000": 9.0}
+    # 303 of 319 is 0.94984: printed so that it does not read as the 0.95 it misses.
+    best = {"recall": 303 / 319, "tp": 303, "meteors": 319, "threshold": 0.5031}
     model = {"kind": "onnx", "best_within_target": best}
     plain = verdict("test nights", {"models": [model]})
-    assert "0.900 (threshold 0.5031)" in plain and "**not met**" in plain
+    assert "0.9498 (303 of 319, threshold 0.5031)" in plain and "**not met**" in plain
     assert "alerts" not in plain
-    alerts = {"best_within": {"3": None, "10": {**best, "recall": 0.96, "threshold": 0.3}}}
+    alerts = {"best_within": {"3": None, "10": {"recall": 0.96, "threshold": 0.3}}}
     line = verdict("test nights", {"models": [{**model, "alerts": alerts}]})
-    assert line.startswith(plain) and "alerts (suppression rules on) reach 0.960" in line
-    assert "(threshold 0.3; met)" in line
+    assert line.startswith(plain) and "alerts (suppression rules on) reach 0.9600" in line
+    assert "(threshold 0.3) within 10 false alerts per 1,000: met." in line
