@@ -79,24 +79,29 @@ def sweep(y, p, thresholds=SWEEP) -> list[dict[str, Any]]:
     return [at_threshold(y, p, t) for t in sorted(set(thresholds))]
 
 
+def _counts_by_score(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score, tp, fp) at each distinct score, highest first: what thresholding at that score
+    (p >= score is meteor) finds. Equal scores are never split."""
+    order = np.argsort(-p, kind="mergesort")
+    ranked = p[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), y.size - 1] if y.size else np.array([], int)
+    tps = np.cumsum(y[order])[last]
+    return ranked[last], tps, (last + 1) - tps
+
+
 def best_within(y, p, fp_per_1000: float) -> dict[str, Any] | None:
     """The highest recall any threshold reaches with false positives within `fp_per_1000`
     frames per 1,000 (None if none does): a target's verdict, not a sweep row. Every distinct
     score is tried, not a grid: a bundle's scores crowd near 1, where 0.01 steps pass over the
     best. Of thresholds with that recall, the highest (the fewest false positives)."""
     y, p = _arrays(y, p)
-    order = np.argsort(-p, kind="mergesort")
-    ranked = p[order]
-    last_of_each_score = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
-    tp = np.cumsum(y[order])[last_of_each_score]
-    fp = last_of_each_score + 1 - tp
+    scores, tp, fp = _counts_by_score(y, p)
     within = 1000 * fp / max(y.size, 1) <= fp_per_1000
     if not within.any():
         return None
     # The first index of the largest count within the budget: the highest such threshold.
     best = int(np.argmax(np.where(within, tp, -1)))
-    return {**at_threshold(y, p, float(ranked[last_of_each_score[best]])),
-            "fp_budget_per_1000": fp_per_1000}
+    return {**at_threshold(y, p, float(scores[best])), "fp_budget_per_1000": fp_per_1000}
 
 
 STAGE_BUDGETS = (3.0, 10.0)  # false positives per 1,000 frames a second stage is judged at
@@ -121,11 +126,7 @@ def stage_gain_summary(valid: dict[str, Any], staged_name: str) -> str:
 def roc_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
     """(fpr, tpr, auc) over every distinct score; auc by the trapezoid rule."""
     y, p = _arrays(y, p)
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    distinct = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1] if ys.size else np.array([], int)
-    tps = np.cumsum(ys)[distinct]
-    fps = (distinct + 1) - tps
+    _, tps, fps = _counts_by_score(y, p)
     pos, neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
     tpr = np.r_[0.0, tps / pos]
     fpr = np.r_[0.0, fps / neg]
@@ -151,12 +152,8 @@ def partial_roc_area(y, p, max_fpr: float) -> float:
 def pr_curve(y, p) -> tuple[np.ndarray, np.ndarray, float]:
     """(recall, precision, average precision) over every distinct score."""
     y, p = _arrays(y, p)
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    distinct = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1] if ys.size else np.array([], int)
-    tps = np.cumsum(ys)[distinct]
-    predicted = distinct + 1
-    precision = tps / predicted
+    _, tps, fps = _counts_by_score(y, p)
+    precision = tps / (tps + fps)
     recall = tps / max(int(y.sum()), 1)
     ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if recall.size else float("nan")
     return np.r_[0.0, recall], np.r_[1.0, precision], ap

@@ -222,17 +222,13 @@ def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
     (suppression rules, learned mask): recall and false alerts of its alerts at `threshold`,
     and the best recall any threshold reaches within each false-alert budget. One run at
     threshold 0 gives every threshold's alerts (`alert_scores`, as alert-threshold does)."""
-    from training.alert_threshold import alert_scores, results_for, run_pipeline
-    from training.alert_threshold import night_folders as folders
+    from training.alert_threshold import alert_scores, night_folders, run_pipeline
 
     if "frame" not in df.columns:
         raise TrainingError("--alerts needs the index's frame paths")
     log.info("%s: the %s nights through the edge pipeline (threshold 0: every threshold's "
              "alerts)", bundle, df["split"].iloc[0])
-    results = run_pipeline(bundle, folders(df), 0.0, threads, workers)
-    scores = alert_scores(df, results)
-    if len(results_for(df, results)) != len(y):
-        raise TrainingError("the pipeline's results do not match the split's frames")
+    scores = alert_scores(df, run_pipeline(bundle, night_folders(df), 0.0, threads, workers))
     return {**headline(at_threshold(y, scores, threshold)),
             "best_within": {f"{b:g}": best_within(y, scores, b) for b in STAGE_BUDGETS}}
 
