@@ -124,7 +124,7 @@ class Scorer:
             raise BundleError(f"{self.bundle.label} has no trail classifier")
         candidates, strips, scalars = pair_inputs(previous, current, mask,
                                                   stage.streak_params, stage.candidates,
-                                                  analysis)
+                                                  analysis, stage.strip_sampling)
         if not candidates:
             return TrailVerdict([], np.zeros(0, np.float32))
         logits = self.trail_session.run(None, {"strips": strips, "scalars": scalars})[0]

@@ -24,7 +24,7 @@ from typing import Any
 from edge.candidates import CandidateParams
 from edge.streaks import StreakParams
 from edge.trail_stage import stage_field_errors
-from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS
+from edge.trail_strip import ACROSS, ALONG, CHANNELS, SCALARS, STRIP_SAMPLINGS
 
 KIND = "classifier"
 MODEL_FILE = "trail.onnx"
@@ -56,6 +56,7 @@ class TrailClassifier:
     streak_params: StreakParams = field(default_factory=StreakParams)
     inputs: dict[str, Any] = field(default_factory=made_inputs)
     fitted_on: dict[str, Any] | None = None
+    strip_sampling: str = "point"  # along the line (edge.trail_strip); bundles up to 3.5.0
 
     def __post_init__(self) -> None:
         for name in ("trail_weight", "network_weight", "bias", "empty_logit"):
@@ -68,6 +69,9 @@ class TrailClassifier:
         if "/" in self.model_file or not self.model_file.endswith(".onnx"):
             raise TrailClassifierError(f"trail_stage: model_file {self.model_file!r} must be a "
                                        "file name ending in .onnx")
+        if self.strip_sampling not in STRIP_SAMPLINGS:
+            raise TrailClassifierError(f"trail_stage: strip_sampling must be one of "
+                                       f"{STRIP_SAMPLINGS}, got {self.strip_sampling!r}")
         want = made_inputs()
         if self.inputs != want:
             raise TrailClassifierError(
@@ -85,7 +89,8 @@ class TrailClassifier:
                "trail_weight": self.trail_weight, "network_weight": self.network_weight,
                "bias": self.bias, "empty_logit": self.empty_logit,
                "candidates": self.candidates.to_dict(),
-               "streak_params": asdict(self.streak_params), "inputs": self.inputs}
+               "streak_params": asdict(self.streak_params), "inputs": self.inputs,
+               "strip_sampling": self.strip_sampling}
         if self.fitted_on is not None:
             out["fitted_on"] = self.fitted_on
         return out
@@ -106,4 +111,5 @@ class TrailClassifier:
                 streak_params=StreakParams(**data.get("streak_params", {})),
                 inputs=data.get("inputs", {}),
                 fitted_on=data.get("fitted_on"),
+                strip_sampling=str(data.get("strip_sampling", "point")),
             )

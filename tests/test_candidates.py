@@ -214,3 +214,44 @@ def test_no_candidates_no_inputs():
     analysis = DiffAnalysis(positive_difference(previous, current), StreakParams())
     strips, numbers = frame_inputs(analysis, positive_difference(current, previous), [])
     assert strips.shape == (0, CHANNELS, ACROSS, ALONG) and numbers.shape == (0, len(SCALARS))
+
+
+def _line_strip(p1, p2, level: float, sampling: str, seed: int = 11) -> np.ndarray:
+    previous, current = frames(seed, lambda layer: cv2.line(layer, p1, p2, level, 1,
+                                                            cv2.LINE_AA))
+    analysis = DiffAnalysis(positive_difference(previous, current), StreakParams())
+    streak = Streak(*p1, *p2, width_px=2.0, peak=level)
+    strips, _ = frame_inputs(analysis, positive_difference(current, previous),
+                             [Candidate(streak, 10.0)], sampling)
+    return strips[0]
+
+
+def test_mean_sampling_lifts_a_faint_long_trail_out_of_the_noise():
+    # 400 px: 8.4 px between samples, so a point sample reads one pixel in eight.
+    p1, p2 = (300, 300), (700, 400)
+    faint = 8.0  # after the optics' blur about 1 σ of the difference's noise at its centre
+    point, mean = (_line_strip(p1, p2, faint, s) for s in ("point", "mean"))
+    centre, middle = ACROSS // 2, slice(ALONG // 4 + 2, 3 * ALONG // 4 - 2)
+    contrast = {name: float(np.median(s[0, centre, middle]) - np.median(s[0, 0, middle]))
+                for name, s in (("point", point), ("mean", mean))}
+    assert contrast["mean"] > 2 * contrast["point"] and contrast["mean"] > 0.6
+
+
+def test_mean_sampling_puts_empty_sky_at_zero_at_every_length():
+    # The difference saturates at 0: without the sky's mean offset, a mean of k samples would
+    # sit at about +0.4 σ·√k, so longer lines would have brighter skies.
+    for p2 in ((400, 320), (700, 400), (1000, 600)):
+        sky = _line_strip((300, 300), p2, 0.0, "mean")
+        assert abs(float(np.median(sky[0]))) < 0.25
+        assert abs(float(np.median(sky[1]))) < 0.25
+
+
+def test_on_a_short_line_mean_sampling_is_point_sampling():
+    # Under ALONG / 2 px the samples are less than 1 px apart: nothing to average.
+    p1, p2 = (500, 500), (530, 510)
+    assert np.array_equal(_line_strip(p1, p2, 40.0, "point"), _line_strip(p1, p2, 40.0, "mean"))
+
+
+def test_an_unknown_strip_sampling_is_refused():
+    with pytest.raises(ValueError, match="strip sampling"):
+        _line_strip((300, 300), (400, 300), 40.0, "median")

@@ -99,6 +99,7 @@ def test_the_bundle_checks_its_second_graph(tmp_path: Path):
     ({"model_file": "../trail.onnx"}, "file name"),
     ({"inputs": {"strips": [2, 21, 64], "scalars": []}}, "fitted on inputs"),
     ({"candidates": {"seeds": 0}}, "seeds must be >= 1"),
+    ({"strip_sampling": "median"}, "strip_sampling must be one of"),
     ({"kind": "forest"}, "not supported"),
 ])
 def test_bad_classifier_stages_are_refused(tmp_path: Path, change, message):
@@ -114,6 +115,12 @@ def test_classifier_stage_round_trip():
     stage = TrailClassifier(sha256="a" * 64, trail_weight=1.5, network_weight=0.25, bias=-2.0,
                             fitted_on={"split": "train"})
     assert TrailClassifier.from_dict(stage.to_dict()) == stage
+    mean = TrailClassifier(sha256="a" * 64, trail_weight=1.5, network_weight=0.25, bias=-2.0,
+                           strip_sampling="mean")
+    assert TrailClassifier.from_dict(mean.to_dict()).strip_sampling == "mean"
+    # Bundles made before the field existed sampled points.
+    older = {k: v for k, v in mean.to_dict().items() if k != "strip_sampling"}
+    assert TrailClassifier.from_dict(older).strip_sampling == "point"
     with pytest.raises(TrailClassifierError, match="missing key"):
         TrailClassifier.from_dict({"kind": "classifier"})
 
@@ -199,3 +206,28 @@ def test_the_daemon_finds_a_frames_streaks_once_for_the_classifier_and_the_decid
     assert decider._history[-1].analysis is not other
     with pytest.raises(ValueError, match="made from"):
         Observation(frame, current, shared.difference.copy(), 0.1, 0.5, analysis=shared)
+
+
+def test_the_scorer_cuts_strips_the_way_the_bundle_was_fitted(tmp_path: Path):
+    from edge.trail_strip import pair_inputs
+
+    # A long faint line: its strip samples are over 1 px apart, so the two samplings differ.
+    previous, current = frames(4, lambda layer: draw_meteor(layer, (300, 300), (760, 520), 30.0, 1,
+                                                            floor=0.0))
+    logits = {}
+    for sampling in ("point", "mean"):
+        root = make_tiny_classifier_bundle(tmp_path / sampling, gain=1.0, offset=0.0)
+        data = json.loads((root / MANIFEST_NAME).read_text())
+        data["trail_stage"]["strip_sampling"] = sampling
+        (root / MANIFEST_NAME).write_text(json.dumps(data))
+        scorer = open_scorer(root)
+        stage = scorer.manifest.trail_stage
+        assert stage.strip_sampling == sampling
+        verdict = scorer.trail(previous, current)
+        _, strips, _ = pair_inputs(previous, current, None, stage.streak_params,
+                                   stage.candidates, sampling=sampling)
+        # The tiny graph's logit is the brightest strip value: the scorer fed it these strips.
+        np.testing.assert_allclose(verdict.logits, strips.reshape(len(strips), -1).max(axis=1),
+                                   atol=1e-5)
+        logits[sampling] = verdict.logits
+    assert not np.allclose(logits["point"], logits["mean"])

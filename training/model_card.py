@@ -167,6 +167,11 @@ def _sharp_clause(stage) -> str:
             else "")
 
 
+def _sampling_clause(stage) -> str:
+    return (", each sample the mean over its stretch of the line" if stage.strip_sampling ==
+            "mean" else "")
+
+
 def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
     """The trail classifier: what it looks at, what it was fitted on, what it adds."""
     fitted = stage.fitted_on or {}
@@ -178,7 +183,8 @@ def classifier_section(stage, gain: dict[str, Any] | None) -> list[str]:
              f"{stage.candidates.max_candidates} most significant kept{_sharp_clause(stage)}) "
              "are laid out as strips "
              "along their own length (`edge/trail_strip.py`: what appeared and what vanished, "
-             "from half a length before the line to half a length past it), with "
+             "from half a length before the line to half a length past it"
+             f"{_sampling_clause(stage)}), with "
              f"{len(scalars)} numbers each ({', '.join(scalars)}), and scored by "
              f"{_members_clause(fitted)} (`{stage.model_file}`, "
              f"{fitted.get('epochs', '?')} epochs on {fitted.get('candidates', '?')} candidates "

@@ -113,7 +113,8 @@ def frame_examples(previous_path: str, frame_path: str, mask_path: str | None,
     mask = read_gray(mask_path) if mask_path else None
     candidates, strips, scalars = pair_inputs(
         previous, current, mask, StreakParams(**stage_params["streak_params"]),
-        CandidateParams.from_dict(stage_params["candidates"]))
+        CandidateParams.from_dict(stage_params["candidates"]),
+        sampling=stage_params.get("strip_sampling", "point"))
     covers = np.array([cover(segment, c.streak) for c in candidates], np.float32)
     return strips.astype(np.float16), scalars, covers
 
@@ -516,6 +517,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                             f"{bundle.manifest.preprocessing.id}: not the model's index")
     stage_params = {"candidates": search.to_dict(),
                     "streak_params": asdict(Decider().params)}
+    if args.strip_sampling != "point":  # absent for "point", so caches made before stay valid
+        stage_params["strip_sampling"] = args.strip_sampling
     mask = meta.get("mask") or None
     split_rows = {}
     for split in ("train", "valid"):
@@ -567,7 +570,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                             network_weight=combination.network_weight,
                             bias=combination.bias, empty_logit=empty,
                             candidates=CandidateParams.from_dict(stage_params["candidates"]),
-                            streak_params=Decider().params, fitted_on=fitted_on)
+                            streak_params=Decider().params, fitted_on=fitted_on,
+                            strip_sampling=args.strip_sampling)
     combined = np.array([stage.combine(float(n), None if np.isnan(t) else float(t))
                          for n, t in zip(network, trail, strict=True)])
     trail_alone = 1 / (1 + np.exp(-np.nan_to_num(trail, nan=empty) / 4))
@@ -588,6 +592,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from edge.candidates import CandidateParams
+    from edge.trail_strip import STRIP_SAMPLINGS
 
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -618,6 +623,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soft-fwhm", dest="soft_fwhm_px", type=float,
                         help=f"lines this wide across (px) are ranked after the sharp ones; 0: by "
                              f"significance alone (default {CandidateParams.soft_fwhm_px:g})")
+    parser.add_argument("--strip-sampling", choices=STRIP_SAMPLINGS, default="point",
+                        help="each strip sample along the line: the light at one point, or "
+                             "the mean over its stretch of the line (a faint long trail stands "
+                             "further above the noise; edge/trail_strip.py) (default point)")
     parser.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--members", type=int, default=1,

@@ -58,6 +58,8 @@ SEARCH_SEEDS=${SEARCH_SEEDS:-}     # the classifier's candidate search (empty: g
 TRACE_LEVEL=${TRACE_LEVEL:-}       # defaults, edge/candidates.py); the bundle records it, the Pi runs it
 MAX_CANDIDATES=${MAX_CANDIDATES:-}
 SOFT_FWHM=${SOFT_FWHM:-}           # lines this wide (px) ranked after the sharp ones (0: off, as <= 3.1.0)
+STRIP_SAMPLING=${STRIP_SAMPLING:-point} # strip samples along the line: one point (<= 3.5.0) or
+                             # the mean over its stretch (faint long trails; docs/training.md)
 EXPORT=${EXPORT:-1}          # 0: keep the bundle already at $OUT (re-stage, re-threshold it)
 FRESH=${FRESH:-4}            # cameras simulated for the final check alone (0: skip it)
 VALID_EXTRA=${VALID_EXTRA:-4} # cameras simulated to add validation nights for the threshold
@@ -142,7 +144,8 @@ if [[ "$CLASSIFIER" == 1 ]]; then
   # nights, its weight beside the network's on the validation nights.
   "$GUAITA" trail-classifier --data "$WORK/data" --bundle "$OUT" --out "$OUT" \
     --version "$VERSION" --epochs "$CLASSIFIER_EPOCHS" --workers "$THREADS" --threads "$THREADS" \
-    --seed "$SEED" --members "$CLASSIFIER_MEMBERS" "${search[@]}" --progress \
+    --seed "$SEED" --members "$CLASSIFIER_MEMBERS" "${search[@]}" \
+    --strip-sampling "$STRIP_SAMPLING" --progress \
     --report "$WORK/trail-classifier.json"
 fi
 # False alerts cluster by night (a night of satellites), so 14 validation nights choose the
