@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple
-from functools import cached_property
 
 import numpy as np
 
@@ -56,10 +55,6 @@ class NegativeDifference:
         self.image = negative
         self.base, spread = robust_spread(negative[::4, ::4])
         self.spread = max(spread, 1.0)
-
-    @cached_property
-    def mean_offset(self) -> float:
-        return mean_offset(self.image, self.base, self.spread)
 
 
 def mean_offset(image: np.ndarray, base: float, sigma: float) -> float:
@@ -94,10 +89,10 @@ def _resample(image: np.ndarray, x1: float, y1: float, ux: float, uy: float, len
 
 
 def strip(analysis: DiffAnalysis, negative: NegativeDifference,
-          candidate: Candidate, sampling: str = "point", appeared_offset: float = 0.0,
-          ) -> np.ndarray:
+          candidate: Candidate, sampling: str = "point",
+          offsets: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """The candidate's (CHANNELS, ACROSS, ALONG) float32 strip, `sampling` one of
-    STRIP_SAMPLINGS (for "mean", `appeared_offset`: the difference's `mean_offset`)."""
+    STRIP_SAMPLINGS (for "mean", `offsets`: both differences' `mean_offset`)."""
     if sampling not in STRIP_SAMPLINGS:
         raise ValueError(f"strip sampling must be one of {STRIP_SAMPLINGS}, got {sampling!r}")
     s = candidate.streak
@@ -107,10 +102,9 @@ def strip(analysis: DiffAnalysis, negative: NegativeDifference,
     local = analysis.sigma_at((s.x1 + s.x2) / 2, (s.y1 + s.y2) / 2) / analysis.full_noise[1]
     appeared = _resample(analysis.difference, s.x1, s.y1, ux, uy, length,
                          analysis.full_noise[0], analysis.full_noise[1] * local, sampling,
-                         appeared_offset)
+                         offsets[0])
     vanished = _resample(negative.image, s.x1, s.y1, ux, uy, length, negative.base,
-                         negative.spread * local, sampling,
-                         negative.mean_offset if sampling == "mean" else 0.0)
+                         negative.spread * local, sampling, offsets[1])
     both = np.stack([appeared, vanished])
     return np.sign(both) * np.log1p(np.abs(both))
 
@@ -153,8 +147,11 @@ def frame_inputs(analysis: DiffAnalysis, negative: np.ndarray, candidates: list[
         return (np.zeros((0, CHANNELS, ACROSS, ALONG), np.float32),
                 np.zeros((0, len(SCALARS)), np.float32))
     neg = NegativeDifference(negative)
-    offset = mean_offset(analysis.difference, *analysis.full_noise) if sampling == "mean" else 0.0
-    strips = np.stack([strip(analysis, neg, c, sampling, offset) for c in candidates])
+    # Once a frame, not once a candidate: only the "mean" samples need them.
+    offsets = ((mean_offset(analysis.difference, *analysis.full_noise),
+                mean_offset(neg.image, neg.base, neg.spread)) if sampling == "mean"
+               else (0.0, 0.0))
+    strips = np.stack([strip(analysis, neg, c, sampling, offsets) for c in candidates])
     numbers = np.stack([scalars(analysis, c, k, len(candidates))
                         for k, c in enumerate(candidates)])
     return strips, numbers
