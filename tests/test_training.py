@@ -549,15 +549,16 @@ def test_trail_classifier_bundle_scores_the_same_in_evaluation_and_on_the_pi(
             narrow.candidates.max_candidates, narrow.candidates.soft_fwhm_px) == (12, 1.2, 4, 0.0)
     assert (stage.candidates.seeds, stage.candidates.soft_fwhm_px) == (32, 6.0)
     assert len(list((indexed / CACHE_DIR).glob("*/train.npz"))) == 2
-    # Strips sampled as means along the line: the bundle says so (the Pi cuts them alike), and
-    # they are other examples.
-    assert main([*args[:6], str(tmp_path / "mean"), *args[7:], "--strip-sampling", "mean"]) == 0
-    mean = load_bundle(tmp_path / "mean").manifest.trail_stage
-    assert isinstance(mean, TrailClassifier)
-    assert (mean.strip_sampling, stage.strip_sampling) == ("mean", "point")
+    # Strips sampled at one point along the line (bundles up to 3.5.0; the default is the mean
+    # over each sample's stretch): the bundle says so (the Pi cuts them alike), and they are
+    # other examples.
+    assert main([*args[:6], str(tmp_path / "point"), *args[7:], "--strip-sampling", "point"]) == 0
+    point = load_bundle(tmp_path / "point").manifest.trail_stage
+    assert isinstance(point, TrailClassifier)
+    assert (stage.strip_sampling, point.strip_sampling) == ("mean", "point")
     assert len(list((indexed / CACHE_DIR).glob("*/train.npz"))) == 3
-    assert "each sample the mean over its stretch" in render(tmp_path / "mean", {}, {})
-    assert "each sample the mean" not in render(out, {}, {})
+    assert "each sample the mean over its stretch" in render(out, {}, {})
+    assert "each sample the mean" not in render(tmp_path / "point", {}, {})
     # --members 2: the classifiers of seeds 0 and 1 as one graph scoring their mean logit.
     assert main([*args[:6], str(tmp_path / "pair"), *args[7:], "--members", "2"]) == 0
     assert main([*args[:6], str(tmp_path / "seed1"), *args[7:], "--seed", "1"]) == 0

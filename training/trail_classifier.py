@@ -623,10 +623,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soft-fwhm", dest="soft_fwhm_px", type=float,
                         help=f"lines this wide across (px) are ranked after the sharp ones; 0: by "
                              f"significance alone (default {CandidateParams.soft_fwhm_px:g})")
-    parser.add_argument("--strip-sampling", choices=STRIP_SAMPLINGS, default="point",
-                        help="each strip sample along the line: the light at one point, or "
-                             "the mean over its stretch of the line (a faint long trail stands "
-                             "further above the noise; edge/trail_strip.py) (default point)")
+    parser.add_argument("--strip-sampling", choices=STRIP_SAMPLINGS, default="mean",
+                        help="each strip sample along the line: the mean over its stretch of "
+                             "the line (a faint long trail stands further above the noise; "
+                             "edge/trail_strip.py), or the light at one point (bundles up to "
+                             "3.5.0) (default mean, as the shipped bundle's)")
     parser.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--members", type=int, default=1,

@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-"$REPO/.venv/bin/python"}
 WORK=${WORK:-/tmp/guaita-shipped}           # simulated frames, caches, model, reports
 OUT=${OUT:-"$REPO/models/guaita-r18-sim"}   # the bundle
 NAME=${NAME:-guaita-r18-sim}
-VERSION=${VERSION:-3.5.0}
+VERSION=${VERSION:-3.6.0}
 
 CAMERAS=${CAMERAS:-12}       # simulated sites: lens, skyline, light pollution differ
 NIGHTS=${NIGHTS:-8}          # nights per camera (conditions drawn: clear/moon/cloudy/overcast)
@@ -58,8 +58,8 @@ SEARCH_SEEDS=${SEARCH_SEEDS:-}     # the classifier's candidate search (empty: g
 TRACE_LEVEL=${TRACE_LEVEL:-}       # defaults, edge/candidates.py); the bundle records it, the Pi runs it
 MAX_CANDIDATES=${MAX_CANDIDATES:-}
 SOFT_FWHM=${SOFT_FWHM:-}           # lines this wide (px) ranked after the sharp ones (0: off, as <= 3.1.0)
-STRIP_SAMPLING=${STRIP_SAMPLING:-point} # strip samples along the line: one point (<= 3.5.0) or
-                             # the mean over its stretch (faint long trails; docs/training.md)
+STRIP_SAMPLING=${STRIP_SAMPLING:-mean} # strip samples along the line: the mean over its stretch
+                             # (3.6.0's; faint long trails) or one point (<= 3.5.0; docs/training.md)
 EXPORT=${EXPORT:-1}          # 0: keep the bundle already at $OUT (re-stage, re-threshold it)
 FRESH=${FRESH:-4}            # cameras simulated for the final check alone (0: skip it)
 VALID_EXTRA=${VALID_EXTRA:-4} # cameras simulated to add validation nights for the threshold
