@@ -104,6 +104,16 @@ def best_within(y, p, fp_per_1000: float) -> dict[str, Any] | None:
     return {**at_threshold(y, p, float(scores[best])), "fp_budget_per_1000": fp_per_1000}
 
 
+def recall_at_text(best: dict[str, Any] | None) -> str:
+    """A `best_within` (or `at_threshold`) result as "0.9498 (303 of 319, threshold 0.42)": four
+    places, so a miss by a hair does not print as the target it misses; "none" when no
+    threshold kept within the budget."""
+    if best is None:
+        return "none"
+    counts = f"{best['tp']} of {best['meteors']}, " if "tp" in best and "meteors" in best else ""
+    return f"{best['recall']:.4f} ({counts}threshold {best['threshold']:.4g})"
+
+
 STAGE_BUDGETS = (3.0, 10.0)  # false positives per 1,000 frames a second stage is judged at
 
 

@@ -51,6 +51,7 @@ from training._metrics import (
     headline,
     per_class,
     pr_curve,
+    recall_at_text,
     recall_by_bins,
     roc_curve,
     sweep,
@@ -645,10 +646,6 @@ def _missed_section(r: Report, both: dict[str, Any]) -> None:
     r.table(*missed_rows(missed))
 
 
-def _recall_at(best: dict[str, Any] | None) -> str:
-    return "none" if best is None else f"{best['recall']:.4f} ({best['threshold']:.4g})"
-
-
 def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[str, Any]],
                  figures: dict[str, Any], dmeta: dict[str, Any],
                  coverage: dict[str, Any] | None = None) -> None:
@@ -678,9 +675,9 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
         if budgets:
             r.para("Best alert recall any threshold reaches within a false-alert budget "
                    "(every distinct alert score; the nights run once at threshold 0):")
-            r.table(["model", *(f"≤ {b} false alerts/1000: recall (threshold)"
+            r.table(["model", *(f"≤ {b} false alerts/1000: recall (frames, threshold)"
                                 for b in budgets)],
-                    [[m["name"], *(_recall_at(m["alerts"]["best_within"].get(b))
+                    [[m["name"], *(recall_at_text(m["alerts"]["best_within"].get(b))
                                    for b in budgets)] for m in with_alerts])
     for name in figures["curves"]:
         r.image(name, name.removesuffix(".png"))

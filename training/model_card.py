@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.bundle import load_bundle
 from edge.trail_classifier import TrailClassifier
-from training._metrics import TARGET_FP_PER_1000, TARGET_RECALL
+from training._metrics import TARGET_FP_PER_1000, TARGET_RECALL, recall_at_text
 from training.evaluate import format_value, missed_rows
 from training.evaluate import markdown_table as _table
 
@@ -31,13 +31,6 @@ def _bundle_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     models = metrics["models"]
     onnx = [m for m in models if m["kind"] == "onnx"]
     return (onnx or models)[-1]
-
-
-def _recall_at(m: dict[str, Any]) -> str:
-    """0.9498 (303 of 319, threshold 0.42): four places, so a miss by a hair does not print
-    as the target it misses."""
-    counts = f"{m['tp']} of {m['meteors']}, " if "tp" in m and "meteors" in m else ""
-    return f"{m['recall']:.4f} ({counts}threshold {m['threshold']:.4g})"
 
 
 def verdict(name: str, metrics: dict[str, Any]) -> str:
@@ -56,13 +49,13 @@ def verdict(name: str, metrics: dict[str, Any]) -> str:
                 "**not met**.")
     met = "met" if best["recall"] >= TARGET_RECALL else "**not met**"
     line = (f"on {name}, the best recall within {TARGET_FP_PER_1000:g} false-positive frames "
-            f"per 1,000 is {_recall_at(best)}: target "
+            f"per 1,000 is {recall_at_text(best)}: target "
             f"recall {TARGET_RECALL} {met}.")
     # `evaluate --alerts`: the same budget on what the operator receives, the rules applied.
     alerts = (b.get("alerts") or {}).get("best_within", {}).get(f"{TARGET_FP_PER_1000:g}")
     if alerts is not None:
         met = "met" if alerts["recall"] >= TARGET_RECALL else "not met"
-        line += (f" The daemon's alerts (suppression rules on) reach {_recall_at(alerts)} "
+        line += (f" The daemon's alerts (suppression rules on) reach {recall_at_text(alerts)} "
                  f"within {TARGET_FP_PER_1000:g} false alerts per 1,000: {met}.")
     return line
 
