@@ -134,8 +134,9 @@ class SuppressionConfig:
     # of its brightest light, within even_ends_imbalance of each other (a meteor's rising end is
     # dim): judged on trails of at least even_ends_min_px that peak under even_ends_max_peak
     # grey levels (a bright meteor's core can look even). 0 = off, the default: at 0.7 it
-    # removed a few false alerts but not enough to lower the shipped threshold within its
-    # false-alert budget on the test nights (docs/suppression.md, "Even ends").
+    # removed a few false alerts with 2.0.0 but not enough to lower the shipped threshold within
+    # its budget, and with 3.6.0 none at the threshold, for 1-3 meteor frames (docs/suppression.md,
+    # "Even ends").
     even_ends_light: float = 0.0
     even_ends_imbalance: float = 0.2
     even_ends_min_px: float = 40.0
