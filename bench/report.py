@@ -60,7 +60,7 @@ def section_setup(r: dict[str, Any]) -> str:
         f"{m.get('mosquitto') or 'mosquitto'}. No GPU. The machine is shared with other jobs: "
         f"the 1-minute load average during this run was {num(r['load']['mean'], 1)} on average "
         f"(max {num(r['load']['max'], 1)}), so wall times carry noise; CPU seconds are the "
-        f"steadier measure.",
+        f"steadier measure.{_reruns(r)}",
         f"* **guaita**: bundle `{model['name']}@{model['version']}` (sha256 "
         f"`{model['sha256'][:12]}…`, {num(model['size_bytes'] / 1e6, 1)} MB), preprocessing "
         f"`{model['preprocessing']['id']}` at {model['preprocessing']['size']} px, threshold "
@@ -449,6 +449,16 @@ def section_reproduce(r: dict[str, Any]) -> str:
         "reference ResNet34 on CPU: count 30–60 min on a 2-core machine; later runs reuse it. "
         "Per-frame results, logs and results.json of the last run: `build/bench/`.", "",
         "Minutes per step in this run:", "", _table(["step", "minutes"], rows)])
+
+
+def _reruns(r: dict[str, Any]) -> str:
+    """Steps run again on their own and merged into results.json (key "rerun": {step: {
+    "generated_utc", "load"}}), so the page says which figures come from another run."""
+    runs = r.get("rerun") or {}
+    return "".join(
+        f" The {step} step was run again on its own at {run['generated_utc']} (load "
+        f"{num(run['load']['mean'], 1)} on average) and its figures replace this run's."
+        for step, run in runs.items())
 
 
 def headline(r: dict[str, Any]) -> str:
