@@ -185,6 +185,10 @@ class SuppressionConfig:
     # 2-4 px.
     cloud_min_fwhm_px: float = 6.0
     cloud_diffuse_share: float = 0.002
+    # A streak peaking at least this bright in the difference is never a cloud's edge (a
+    # moving cloud's edge is dim there; a bright meteor can measure wider than
+    # cloud_min_fwhm_px, the sensor's blooming); 0 = no such exception.
+    cloud_max_peak: float = 160.0
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,8 @@ def _validate(cfg: Config) -> None:
         bad("suppression.cloud_min_fwhm_px", "must be positive")
     if not 0 < s.cloud_diffuse_share <= 1:
         bad("suppression.cloud_diffuse_share", "must be in (0, 1]")
+    if s.cloud_max_peak < 0:
+        bad("suppression.cloud_max_peak", "must be >= 0 (grey levels; 0 = off)")
     u = cfg.updates
     if u.enabled and not u.bucket:
         bad("updates.bucket", "required when updates.enabled = true")

@@ -382,6 +382,14 @@ class Decider:
 
     def _explain(self, entry: _Entry, i: int, nxt: _Entry | None, flags: list[str]) -> str | None:
         """Why streak i of a candidate is not a meteor, or None."""
+        reason = self._explain_streak(entry, i, nxt, flags)
+        if reason == "cloud" and 0 < self.cfg.cloud_max_peak <= entry.analysis.streaks[i].peak:
+            flags.append("bright_not_cloud")  # too bright for a cloud's edge: a meteor's trail
+            return None
+        return reason
+
+    def _explain_streak(self, entry: _Entry, i: int, nxt: _Entry | None,
+                        flags: list[str]) -> str | None:
         cfg = self.cfg
         streak = entry.analysis.streaks[i]
         if self._masked_share(entry.analysis, streak.pixels) >= cfg.masked_fraction:

@@ -651,6 +651,25 @@ def test_moving_cloud_edges_are_cloud_but_a_meteor_between_them_is_not():
     assert between.alert and abs(between.streak["x1"] - 150) < 5
 
 
+def test_a_bright_meteor_wider_than_a_trail_on_a_cloudy_frame_is_not_cloud():
+    # A bright meteor blooms wider than cloud_min_fwhm_px; on a frame with clouds moving that
+    # alone made it a cloud's soft edge until cloud_max_peak (0 restores that).
+    def run(cfg: SuppressionConfig):
+        night = Night(14, cfg=cfg)
+        clouds = Clouds(night, cover=0.6, seed=14)
+        for k in range(4):
+            night.push(0.01, sky=clouds.sky(k))
+        night.push(0.98, meteor((150, 150), (330, 260), 230, 7), sky=clouds.sky(4))
+        night.push(0.01, sky=clouds.sky(5))
+        return night.finish()[night.name(5)]
+
+    bright = run(SuppressionConfig())
+    assert bright.alert and "bright_not_cloud" in bright.flags, bright.flags
+    assert abs(bright.streak["x1"] - 150) < 5 and bright.streak["peak"] >= 200
+    without = run(dataclasses.replace(SuppressionConfig(), cloud_max_peak=0.0))
+    assert without.suppressed == "cloud" and "soft_edge" in without.flags
+
+
 def test_overcast_diffuse_change_without_a_streak_is_cloud():
     night = Night(15)
     clouds = Clouds(night, cover=0.97, seed=15)
