@@ -382,14 +382,6 @@ class Decider:
 
     def _explain(self, entry: _Entry, i: int, nxt: _Entry | None, flags: list[str]) -> str | None:
         """Why streak i of a candidate is not a meteor, or None."""
-        reason = self._explain_streak(entry, i, nxt, flags)
-        if reason == "cloud" and 0 < self.cfg.cloud_max_peak <= entry.analysis.streaks[i].peak:
-            flags.append("bright_not_cloud")  # too bright for a cloud's edge: a meteor's trail
-            return None
-        return reason
-
-    def _explain_streak(self, entry: _Entry, i: int, nxt: _Entry | None,
-                        flags: list[str]) -> str | None:
         cfg = self.cfg
         streak = entry.analysis.streaks[i]
         if self._masked_share(entry.analysis, streak.pixels) >= cfg.masked_fraction:
@@ -420,9 +412,19 @@ class Decider:
                 return "satellite"
         if cfg.cloud and self._soft(streak) and self._cloud_evidence(
                 entry, flags):
+            if self._too_bright_for_cloud(streak, flags):
+                return None
             flags.append("soft_edge")  # a band far wider than the optics draw a trail
             return "cloud"
         return None
+
+    def _too_bright_for_cloud(self, streak: Streak, flags: list[str]) -> bool:
+        """A streak peaking at cloud_max_peak or more is never a cloud's edge (those are dim
+        in the difference): a bright meteor blooming wider than a trail, on a cloudy frame."""
+        if 0 < self.cfg.cloud_max_peak <= streak.peak:
+            flags.append("bright_not_cloud")
+            return True
+        return False
 
     def _persistence(self, entry: _Entry, i: int, nxt: _Entry | None,
                      flags: list[str]) -> str | None:
@@ -529,8 +531,9 @@ class Decider:
         if best > max(cfg.recur_offset_px, cfg.recur_cloud_px if cfg.cloud else 0.0):
             return None
         clouds = cfg.cloud and self._cloud_evidence(entry, flags)
-        if clouds:
+        if clouds and not self._too_bright_for_cloud(streak, flags):
             return "cloud"
+        # Barely moved: a fixed feature (a lit edge, the Moon's limb), bright or not.
         return "masked" if best <= cfg.recur_offset_px else None
 
     def _prev_links(self, entry: _Entry) -> dict[int, int]:

@@ -670,6 +670,20 @@ def test_a_bright_meteor_wider_than_a_trail_on_a_cloudy_frame_is_not_cloud():
     assert without.suppressed == "cloud" and "soft_edge" in without.flags
 
 
+def test_a_bright_feature_recurring_in_place_on_a_cloudy_frame_is_still_masked():
+    # Too bright for a cloud's edge, so not "cloud"; but it barely moved between frames: a
+    # fixed feature (the Moon's limb), not a meteor.
+    night = Night(14)
+    clouds = Clouds(night, cover=0.6, seed=14)
+    for k in range(6):
+        night.push(0.9 if k == 4 else 0.1, seg((150 + k, 150), (330 + k, 260), 230, 3),
+                   sky=clouds.sky(k))
+    night.push(0.01, sky=clouds.sky(6))
+    d = night.finish()[night.name(5)]
+    assert d.suppressed == "masked" and d.streak["peak"] >= 160, d.flags
+    assert {"recurring", "bright_not_cloud", "cloud_motion"} <= set(d.flags)
+
+
 def test_overcast_diffuse_change_without_a_streak_is_cloud():
     night = Night(15)
     clouds = Clouds(night, cover=0.97, seed=15)
