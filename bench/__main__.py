@@ -461,6 +461,25 @@ def step_daemon(plan: Plan, long_tree: Path, bundle: Bundle, work: Path) -> dict
     return result
 
 
+def merge_rerun(previous: dict[str, Any], rerun: dict[str, Any], step: str) -> dict[str, Any]:
+    """The last full run with one step's figures replaced by a run of that step alone (a
+    step disturbed by other work on the machine, or after a change to it). The step's time,
+    load and the model it ran with are kept under "rerun" so the report can say so."""
+    if rerun["model"]["sha256"] != previous["model"]["sha256"]:
+        raise SystemExit(f"--rerun {step}: results.json was made with model "
+                         f"{previous['model']['name']} {previous['model']['version']}, not "
+                         f"{rerun['model']['name']} {rerun['model']['version']}; run the "
+                         "whole bench")
+    merged = dict(previous)
+    merged[step] = rerun[step]
+    if step == "cost":
+        merged["pi"] = rerun["pi"]
+    merged["rerun"] = {**previous.get("rerun", {}), step: {
+        "generated_utc": rerun["generated_utc"], "load": rerun["load"],
+        "minutes": round(rerun["durations_s"][step] / 60, 1), "plan": rerun["plan"]}}
+    return merged
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -480,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads for accuracy scoring")
     parser.add_argument("--report-only", action="store_true",
                         help="re-render report and plots from the last results.json")
+    parser.add_argument("--rerun", choices=STEPS, help="run this one step again and merge its "
+                        "figures into the last results.json (the report says so)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -498,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = skip - set(STEPS)
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; choose from {STEPS}")
+    if args.rerun:
+        if not results_path.is_file():
+            parser.error(f"--rerun merges into {results_path}: run the whole bench first")
+        skip = set(STEPS) - {args.rerun}
+        # Only accuracy and cost measure the 2021 reference.
+        args.no_reference = args.no_reference or args.rerun not in ("accuracy", "cost")
     cache = args.cache or cache_root()
     work.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -567,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             results["daemon"] = timed("daemon", step_daemon, plan, long_tree, bundle, work)
     results["load"] = load.summary()
     durations["total"] = round(time.perf_counter() - started, 1)
+    if args.rerun:
+        results = merge_rerun(json.loads(results_path.read_text()), results, args.rerun)
     results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     report.render(results, docs)
     log.info("done in %.1f min: %s", durations["total"] / 60, docs / "BENCHMARKS.md")

@@ -441,7 +441,9 @@ def section_reproduce(r: dict[str, Any]) -> str:
         "```", "make bench            # = .venv/bin/python -m bench",
         "python -m bench --quick          # small frames, minutes: checks the harness",
         "python -m bench --report-only    # re-render this page from build/bench/full/results.json",
-        "python -m bench --skip daemon    # steps: accuracy, cost, throughput, daemon", "```", "",
+        "python -m bench --skip daemon    # steps: accuracy, cost, throughput, daemon",
+        "python -m bench --rerun daemon   # one step again, merged into the last results.json",
+        "```", "",
         f"Cache: `{r['cache']}` (override with `GUAITA_BENCH_CACHE`): the simulated bench "
         "nights, the re-simulated training nights when the shipped recipe's work folder is "
         "gone, the reference model (dataset, weights, int8 export) and the Pi anchor networks. "

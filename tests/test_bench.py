@@ -408,3 +408,27 @@ def test_the_reference_cache_key_covers_the_code_that_builds_it():
     # ... and reporting-only modules are not.
     assert not names & {"training/evaluate.py", "training/model_card.py",
                         "training/alert_threshold.py"}
+
+
+def test_a_rerun_step_replaces_only_its_figures_and_is_recorded():
+    from bench.__main__ import merge_rerun
+    from bench.report import _reruns
+
+    model = {"name": "m", "version": "1", "sha256": "a" * 64}
+    previous = {"generated_utc": "2027-01-01T00:00:00+00:00", "model": model,
+                "daemon": {"interval_s": 0.3}, "cost": {"rows": [1]}, "pi": {"rows": [2]},
+                "rerun": {"cost": {"generated_utc": "x", "load": {"mean": 1.0}}}}
+    rerun = {"generated_utc": "2027-01-02T00:00:00+00:00", "model": model,
+             "daemon": {"interval_s": 0.6}, "durations_s": {"daemon": 90.0},
+             "load": {"mean": 0.5, "max": 1.0}, "plan": {"daemon_interval_s": 0.6}}
+    merged = merge_rerun(previous, rerun, "daemon")
+    assert merged["daemon"] == {"interval_s": 0.6}
+    assert merged["cost"] == {"rows": [1]} and merged["pi"] == {"rows": [2]}
+    assert merged["generated_utc"] == previous["generated_utc"]
+    assert set(merged["rerun"]) == {"cost", "daemon"}
+    assert merged["rerun"]["daemon"]["minutes"] == 1.5
+    assert "daemon step was run again on its own at 2027-01-02" in _reruns(merged)
+    assert previous["daemon"] == {"interval_s": 0.3}  # the last run's dict is not changed
+    other = {**rerun, "model": {**model, "sha256": "b" * 64, "version": "2"}}
+    with pytest.raises(SystemExit, match="made with model m 1, not m 2"):
+        merge_rerun(previous, other, "daemon")
