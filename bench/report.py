@@ -454,8 +454,8 @@ def section_reproduce(r: dict[str, Any]) -> str:
 
 
 def _reruns(r: dict[str, Any]) -> str:
-    """Steps run again on their own and merged into results.json (key "rerun": {step: {
-    "generated_utc", "load"}}), so the page says which figures come from another run."""
+    """Steps run again on their own (`--rerun`, bench.__main__.merge_rerun) and merged into
+    results.json under "rerun", so the page says which figures come from another run."""
     runs = r.get("rerun") or {}
     return "".join(
         f" The {step} step was run again on its own at {run['generated_utc']} (load "
