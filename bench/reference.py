@@ -118,8 +118,8 @@ def _write_selection(root: Path, chosen: dict[Path, list[dict[str, str]]]) -> li
 REFERENCE_CODE = (
     *(REPO / "training" / name for name in (
         "__init__.py", "_common.py", "_balanced.py", "_metrics.py", "_model.py",
-        "_onnx_weights.py", "_mining.py", "_parallel.py", "dataset.py", "train.py",
-        "export.py")),
+        "_onnx_weights.py", "_mining.py", "_parallel.py", "dataset.py", "meteor_snr.py",
+        "train.py", "export.py")),
     REPO / "edge" / "preprocess.py",
 )
 

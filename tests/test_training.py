@@ -240,6 +240,24 @@ def test_evaluate_report_holds_the_metrics(report: Path):
         assert len(m["sweep"]) >= 19
         assert {"precision", "recall", "f1"} <= set(m["per_class"]["meteor"])
         assert m["recall_by_peak"], "the simulator's meteor_peak must give a brightness table"
+        # Every simulated meteor has a segment and a peak, so every one gets an SNR bin, and
+        # the SNR table counts the same detections as the peak table.
+        by_snr = m["recall_by_snr"]
+        assert sum(b["meteors"] for b in by_snr) == metrics["meteors"]
+        assert (sum(b["detected"] for b in by_snr)
+                == sum(b["detected"] for b in m["recall_by_peak"]) == m["at_threshold"]["tp"])
+    assert "signal-to-noise ratio" in text
+    # The simulator's truth CSV names its camera by its folder: one camera here, every frame.
+    for m in metrics["models"]:
+        assert [(g["group"], g["frames"]) for g in m["by_camera"]] == [("sim", metrics["frames"])]
+    assert "By camera" in text
+    import pandas as pd
+
+    scores = pd.read_csv(report / "scores.csv")
+    meteor = scores[scores["label"] == "meteor"]
+    assert meteor["snr"].notna().all() and (meteor["snr"] > 0).all()
+    assert scores.loc[scores["label"] != "meteor", "snr"].isna().all()
+    assert len(scores) == 2 * len(scores["frame"].unique())  # one row per model and frame
     for heading in ("Threshold sweep", "Confusion matrix", "peak brightness", "Grad-CAM",
                     "Candidate windows: the recall ceiling"):
         assert heading in text
@@ -387,6 +405,8 @@ def test_model_card_is_rendered_from_the_bundle_and_its_report(bundle: Path, rep
     assert f"{onnx['at_threshold']['fp_per_1000']:.1f} false-positive frames per 1,000" in card
     assert f"preprocessing `{manifest['preprocessing']['id']}`" in card
     assert "Recall by the meteor's peak brightness" in card
+    assert "Recall by the meteor's signal-to-noise ratio" in card
+    assert "By sky condition:" in card and "By camera:" in card
     assert "Status against the project's target" in card and "target recall 0.95" in card
     assert load_bundle(card_bundle).manifest.sha256 == manifest["sha256"]  # still a bundle
     with pytest.raises(SystemExit):
@@ -496,6 +516,20 @@ def test_trail_stage_bundle_scores_the_same_in_evaluation_and_on_the_pi(bundle: 
             assert best["fp_per_1000"] <= float(budget) and best["frames"] == len(valid)
     text = (report_dir / "report.md").read_text()
     assert "through the edge pipeline" in text and "within a false-alert budget" in text
+    # scores.csv holds the numbers the report counted: every frame once, and its alert scores
+    # give back the alerts' confusion counts at the run threshold.
+    import pandas as pd
+
+    scores = pd.read_csv(report_dir / "scores.csv")
+    assert len(scores) == len(valid) and set(scores["frame"]) == set(valid["frame"])
+    assert np.allclose(scores["score"], cached, atol=1e-5)  # the staged score, in index order
+    assert np.allclose(scores["network"], plain, atol=1e-5)  # and the network's own beside it
+    meteor = scores["label"] == "meteor"
+    alerted = scores["alert_score"] >= 0.3
+    assert int((meteor & alerted).sum()) == alerts["tp"]
+    assert int((~meteor & alerted).sum()) == alerts["fp"]
+    assert int((meteor & (scores["score"] >= 0.3)).sum()) == alone["tp"]
+    assert (scores["alert_score"] <= scores["score"] + 1e-6).all()  # the rules only remove
     # --gallery 0: no top-loss figure at all (not an empty one), and no heading for it.
     assert not list(report_dir.glob("top-losses-*.png")) and "Top losses" not in text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -62,6 +63,71 @@ def test_2021_csv_test_set_is_kept_whole():
     split = dataset.split_nights(nights, 0.2, 0.5, seed=0, hints={"20210405": "test"})
     assert [n for n, s in split.items() if s == "test"] == ["20210405"]
     assert sum(1 for s in split.values() if s == "valid") == 1
+
+
+def _skewed_profiles() -> dict[str, Counter]:
+    """40 nights from two cameras (a, b: 20 each): 10 moonlit ones (5 a camera) holding most of
+    the meteors, 30 clear ones."""
+    profiles = {}
+    for d in range(40):
+        night = f"2026{11 + d // 30:02d}{d % 30 + 1:02d}"
+        sky, camera = ("moon" if d % 4 == 0 else "clear"), ("a" if d < 20 else "b")
+        meteors = 12 if sky == "moon" else 2
+        profiles[night] = Counter({("condition", sky, True): meteors,
+                                   ("condition", sky, False): 200,
+                                   ("camera", camera, True): meteors,
+                                   ("camera", camera, False): 200})
+    return profiles
+
+
+def test_balanced_split_holds_out_the_same_mix_of_skies_and_cameras_as_the_whole_data():
+    profiles = _skewed_profiles()
+    nights = sorted(profiles)
+
+    def held(split: dict[str, str], name: str, column: str, value: str) -> int:
+        """How many of the split's nights have that value."""
+        return sum(1 for n, s in split.items()
+                   if s == name and profiles[n][(column, value, False)] > 0)
+
+    plain_off, balanced_off = 0, 0
+    for seed in range(8):
+        plain = dataset.split_nights(nights, 0.2, 0.2, seed=seed)
+        balanced = dataset.split_nights(nights, 0.2, 0.2, seed=seed, profiles=profiles)
+        # The same night counts, and never a night in two splits.
+        assert sorted(plain.values()) == sorted(balanced.values()) and set(balanced) == set(nights)
+        assert (dataset.profile_distance(balanced, profiles)
+                <= dataset.profile_distance(plain, profiles))
+        assert balanced == dataset.split_nights(nights, 0.2, 0.2, seed=seed, profiles=profiles)
+        for name in ("valid", "test"):  # 8 nights each: 2 moonlit and 4 of camera a is the mix
+            plain_off += (held(plain, name, "condition", "moon") != 2
+                          or held(plain, name, "camera", "a") != 4)
+            balanced_off += abs(held(balanced, name, "condition", "moon") - 2)
+            balanced_off += abs(held(balanced, name, "camera", "a") - 4)
+    assert plain_off >= 8  # a plain draw of 8 nights is often off the mix...
+    assert balanced_off <= 2  # ...the balanced one (almost) never
+    # Named nights stay where they were put.
+    pinned = dataset.split_nights(nights, 0.2, 0.2, valid_nights=[nights[1]], profiles=profiles)
+    assert pinned[nights[1]] == "valid"
+
+
+def test_balance_needs_the_column_in_the_labels(tmp_path: Path):
+    frames = _night(tmp_path / "images", "20261101", 3)
+    labelled = [dataset.Labelled(dataset.parse_frame(f), i == 1, {"condition": "moon"})
+                for i, f in enumerate(frames)]
+    profiles = dataset.night_profiles(labelled, ["condition"])
+    assert profiles == {"20261101": {("condition", "moon", True): 1,
+                                     ("condition", "moon", False): 2}}
+    with pytest.raises(TrainingError, match="no 'cloud' column"):
+        dataset.night_profiles(labelled, ["condition", "cloud"])
+    # The derived column "snr": each meteor's signal-to-noise bin, read from its frame pair.
+    pairs, _ = dataset.pair_with_previous(labelled, max_gap_s=180)
+    with pytest.raises(TrainingError, match="no meteor segment"):
+        dataset.measure_snr_bins(pairs)
+    # _night's frames: noise σ 3, so about 4.2 in a difference; a 40-level meteor is SNR ~9.5.
+    labelled[1].extra.update(meteor_x1="5", meteor_y1="10", meteor_x2="50", meteor_y2="30",
+                             meteor_peak="40")
+    dataset.measure_snr_bins(pairs)
+    assert [lab.extra["snr"] for lab, _ in pairs] == ["8–15", "none"]
 
 
 # ---------------------------------------------------------------- label sources
@@ -164,6 +230,17 @@ def test_index_writes_pngs_and_refuses_empty_input(tmp_path: Path):
                         progress=False)
     with open(out / "index.csv", newline="") as fh:
         assert {r["split"] for r in csv.DictReader(fh)} == {"test"}
+    # --balance-by: the column must be in the labels, and dataset.json says it was used.
+    with pytest.raises(TrainingError, match="no 'condition' column"):
+        dataset.build_index(labelled, out, PreprocessSpec(id="v4", size=32),
+                            balance_by="condition", progress=False)
+    for lab in labelled:
+        lab.extra["condition"] = "clear"
+    dataset.build_index(labelled, out, PreprocessSpec(id="v4", size=32), balance_by="condition",
+                        progress=False)
+    import json
+
+    assert json.loads((out / "dataset.json").read_text())["split_balanced_by"] == "condition"
 
 
 # ---------------------------------------------------------------- metrics
@@ -306,6 +383,25 @@ def test_min_peak_needs_simulator_truth(tmp_path: Path, caplog):
                str(tmp_path), "--out", str(tmp_path / "out"), "--min-peak", "10"])
     assert rc == 2
     assert "--min-peak needs --truth" in caplog.text
+
+
+def test_meteor_snr_measures_the_sky_around_the_trail_not_the_trail():
+    from training.meteor_snr import local_noise
+
+    rng = np.random.default_rng(0)
+    previous = rng.normal(60, 3, (240, 320))
+    current = rng.normal(60, 3, (240, 320))  # the difference's noise: 3 * sqrt(2)
+    current[80:160, 40:280] += rng.normal(0, 9, (80, 240))  # a noisier patch elsewhere
+    segment = (60.0, 200.0, 250.0, 210.0)
+    import cv2 as cv
+
+    cv.line(current, (60, 200), (250, 210), 160, 3)  # a bright trail: left out of the noise
+    noise = local_noise(previous.astype(np.float32), current.astype(np.float32), segment)
+    # Within 80 px of the trail: part of the noisy patch (rows 120-159) and the quiet sky.
+    assert 3 * np.sqrt(2) < noise < np.sqrt(18 + 81)
+    quiet = local_noise(previous.astype(np.float32), previous.astype(np.float32) +
+                        rng.normal(0, 4.2, (240, 320)).astype(np.float32), segment)
+    assert abs(quiet - 4.2) < 0.2  # the sigma-clip keeps a Gaussian's σ
 
 
 # ---------------------------------------------------------------- augmentation

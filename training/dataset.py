@@ -43,6 +43,7 @@ from training._common import (
     INDEX_NAME,
     METEOR,
     NOT_METEOR,
+    SEGMENT_COLUMNS,
     SPLITS,
     TrainingError,
     save_input,
@@ -56,12 +57,20 @@ log = logging.getLogger(__name__)
 TRUTH_COLUMNS = (
     "frame_index", "meteor_peak", "meteor_length_px", "meteor_x1", "meteor_y1", "meteor_x2",
     "meteor_y2", "satellite", "aircraft", "cloud_cover", "moon", "twilight", "flash",
-    "exposure_jump", "condition",
+    "exposure_jump", "condition", "camera",
 )
 TRUE_WORDS = {"1", "true", "yes", "y", "meteor", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "no-meteor", "no_meteor", "not_meteor", "not-meteor", "f",
                ""}
 NIGHT_LIST_RE = re.compile(r"^\d{8}$")
+
+# How many seeded draws a balanced split compares. On the shipped recipe's 96 nights, balanced
+# by condition, the distance stopped falling after 200 draws (plain 0.65, then 0.16); 500 draws
+# take 0.35 s.
+BALANCE_DRAWS = 500
+# The derived balance column: each meteor's signal-to-noise bin, measured from its frame pair
+# (how hard it is to see, which neither its sky nor its camera says alone; docs/training.md).
+SNR_COLUMN = "snr"
 
 
 @dataclass
@@ -94,7 +103,8 @@ def parse_bool(value: str, where: str) -> bool:
 
 
 def labels_from_truth(truth_csv: Path) -> list[Labelled]:
-    """Simulator truth: ``file`` is relative to the CSV's folder; ``meteor`` is the label."""
+    """Simulator truth: ``file`` is relative to the CSV's folder; ``meteor`` is the label; the
+    folder's name is the frames' ``camera`` (unless the CSV has that column)."""
     root = truth_csv.parent
     out: list[Labelled] = []
     with open(truth_csv, newline="") as fh:
@@ -107,6 +117,7 @@ def labels_from_truth(truth_csv: Path) -> list[Labelled]:
             if frame is None:
                 raise TrainingError(f"{truth_csv}:{line}: {row['file']!r} is not an AllSky frame")
             extra = {k: row[k] for k in TRUTH_COLUMNS if k in row}
+            extra.setdefault("camera", root.name)  # the simulator writes a camera per folder
             out.append(Labelled(frame, parse_bool(row["meteor"], f"{truth_csv}:{line}"), extra))
     return out
 
@@ -249,11 +260,16 @@ def split_nights(
     valid_nights: Iterable[str] = (),
     test_nights: Iterable[str] = (),
     hints: dict[str, str] | None = None,
+    profiles: dict[str, Counter] | None = None,
+    draws: int = BALANCE_DRAWS,
 ) -> dict[str, str]:
     """night → "train" | "valid" | "test": explicit lists first, then hints, then fractions.
 
     Fractions are of all nights and each held-out split gets at least one night when its
     fraction is > 0 and there are enough nights; the draw is seeded, so re-indexing reproduces it.
+    With `profiles` (per night, a count of its frames by kind, see `night_profiles`) the seeded
+    draw is repeated `draws` times and the one whose held-out splits look most like all the nights
+    together is kept (`profile_distance`); the first of those draws is the plain one.
     """
     all_nights = sorted(set(nights))
     valid_set, test_set = set(valid_nights), set(test_nights)
@@ -263,32 +279,117 @@ def split_nights(
     unknown = (valid_set | test_set) - set(all_nights)
     if unknown:
         raise TrainingError(f"nights named for a split but not in the data: {sorted(unknown)}")
-    split = {n: "valid" for n in valid_set} | {n: "test" for n in test_set}
+    fixed = {n: "valid" for n in valid_set} | {n: "test" for n in test_set}
     hinted = False
     for night, hint in (hints or {}).items():
-        if night in all_nights and night not in split and hint == "test":
-            split[night] = "test"
+        if night in all_nights and night not in fixed and hint == "test":
+            fixed[night] = "test"
             hinted = True
-    free = [n for n in all_nights if n not in split]
-    random.Random(seed).shuffle(free)
     n_total = len(all_nights)
+    rng = random.Random(seed)
 
-    def take(name: str, frac: float) -> None:
-        have = sum(1 for s in split.values() if s == name)
-        want = round(frac * n_total) if frac > 0 else 0
-        if frac > 0 and want == 0 and len(free) > 1:
-            want = 1
-        for _ in range(max(0, want - have)):
-            if len(free) <= 1:  # always leave a night to train on
-                break
-            split[free.pop()] = name
+    def draw() -> dict[str, str]:
+        split = dict(fixed)
+        free = [n for n in all_nights if n not in split]
+        rng.shuffle(free)
 
-    if not hinted:  # a labelled test set (2021 CSV) is the test set, not topped up
-        take("test", test_frac)
-    take("valid", valid_frac)
-    for n in free:
-        split[n] = "train"
-    return split
+        def take(name: str, frac: float) -> None:
+            have = sum(1 for s in split.values() if s == name)
+            want = round(frac * n_total) if frac > 0 else 0
+            if frac > 0 and want == 0 and len(free) > 1:
+                want = 1
+            for _ in range(max(0, want - have)):
+                if len(free) <= 1:  # always leave a night to train on
+                    break
+                split[free.pop()] = name
+
+        if not hinted:  # a labelled test set (2021 CSV) is the test set, not topped up
+            take("test", test_frac)
+        take("valid", valid_frac)
+        for n in free:
+            split[n] = "train"
+        return split
+
+    best = draw()
+    if profiles:
+        best_distance = profile_distance(best, profiles)
+        for _ in range(draws - 1):
+            candidate = draw()
+            distance = profile_distance(candidate, profiles)
+            if distance < best_distance:
+                best, best_distance = candidate, distance
+    return best
+
+
+def measure_snr_bins(paired: list[tuple[Labelled, Frame]], workers: int = 1) -> None:
+    """Give each labelled frame the derived balance column ``snr``: its meteor's
+    signal-to-noise bin (`training.meteor_snr`, read from the pair), "none" for other frames.
+    Needs the simulator's segment and peak for every meteor frame."""
+    from training.meteor_snr import snr_bin, snr_of
+
+    jobs, meteors = [], []
+    for lab, previous in paired:
+        if not lab.meteor:
+            lab.extra[SNR_COLUMN] = "none"
+            continue
+        try:
+            segment = tuple(float(lab.extra[c]) for c in SEGMENT_COLUMNS)
+            peak = float(lab.extra["meteor_peak"])
+        except (KeyError, ValueError):
+            raise TrainingError(f"--balance-by {SNR_COLUMN}: {lab.frame.path.name} has no "
+                                "meteor segment and peak (simulator truth only)") from None
+        jobs.append((str(previous.path), str(lab.frame.path), segment, peak))
+        meteors.append(lab)
+    log.info("signal-to-noise of %d meteor frames, to balance the split by it", len(jobs))
+    for lab, value in zip(meteors, snr_of(jobs, workers), strict=True):
+        lab.extra[SNR_COLUMN] = snr_bin(value)
+
+
+def night_profiles(labelled: Iterable[Labelled], columns: Iterable[str]) -> dict[str, Counter]:
+    """Per night, its frames counted by (column, value, meteor or not) for each of `columns`:
+    what a balanced split keeps alike across train, validation and test (e.g. the simulator's
+    sky `condition` and `camera`)."""
+    columns = list(columns)
+    profiles: dict[str, Counter] = {}
+    for lab in labelled:
+        counts = profiles.setdefault(lab.frame.night, Counter())
+        for column in columns:
+            value = lab.extra.get(column)
+            if value is None:
+                raise TrainingError(f"--balance-by {column}: the labels have no {column!r} "
+                                    "column")
+            counts[(column, value, lab.meteor)] += 1
+    return profiles
+
+
+def _shares(counts: Counter, column: str, meteor: bool) -> dict[str, float]:
+    part = {value: n for (c, value, is_meteor), n in counts.items()
+            if c == column and is_meteor == meteor}
+    total = sum(part.values())
+    return {value: n / total for value, n in part.items()} if total else {}
+
+
+def profile_distance(split: dict[str, str], profiles: dict[str, Counter]) -> float:
+    """How unlike all the nights the held-out splits are: per held-out split and column, the
+    total variation distance of its meteor frames' mix of values from the whole data's, plus the
+    same for its other frames (so the rare meteors weigh as much as the many other frames)."""
+    overall: Counter = Counter()
+    by_split: dict[str, Counter] = {}
+    for night, counts in profiles.items():
+        overall.update(counts)
+        by_split.setdefault(split.get(night, "train"), Counter()).update(counts)
+    distance = 0.0
+    for name in ("valid", "test"):
+        held = by_split.get(name)
+        if not held:
+            continue
+        # Sorted: string hashes change between runs, and a sum's order must not (a re-index
+        # has to draw the same split).
+        for column, meteor in sorted({(c, m) for c, _, m in overall}):
+            want, have = _shares(overall, column, meteor), _shares(held, column, meteor)
+            distance += 0.5 * sum(abs(want.get(v, 0.0) - have.get(v, 0.0))
+                                  for v in sorted(set(want) | set(have)))
+    return distance
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -387,6 +488,7 @@ def build_index(
     progress: bool = True,
     source: dict | None = None,
     all_in: str | None = None,
+    balance_by: str | None = None,
 ) -> Path:
     """Pair, split, preprocess and write ``index.csv`` + ``dataset.json``; returns the CSV path."""
     if not labelled:
@@ -402,8 +504,14 @@ def build_index(
     if all_in:
         splits = {lab.frame.night: all_in for lab, _ in paired}
     else:
+        profiles = None
+        if balance_by:
+            columns = [c.strip() for c in balance_by.split(",") if c.strip()]
+            if SNR_COLUMN in columns:
+                measure_snr_bins(paired, workers)
+            profiles = night_profiles((lab for lab, _ in paired), columns)
         splits = split_nights((lab.frame.night for lab, _ in paired), valid_frac, test_frac,
-                              seed, valid_nights, test_nights, hints)
+                              seed, valid_nights, test_nights, hints, profiles)
     cache = cache_dir(cache_root or out_dir / "cache", spec, mask)
     pairs = [Pair(lab, prev, cache / _cache_folder(lab.frame) / f"{lab.frame.path.stem}.png")
              for lab, prev in paired]
@@ -436,6 +544,7 @@ def build_index(
         "max_gap_s": max_gap_s,
         "source": source or {},
         "split_seed": seed,
+        "split_balanced_by": None if all_in else balance_by,
         "nights": {s: sorted(n for n, v in splits.items() if v == s) for s in SPLITS},
         "counts": {s: {METEOR: c[METEOR], NOT_METEOR: c[NOT_METEOR]} for s, c in counts.items()},
         "skipped": dict(skipped),
@@ -497,6 +606,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="put every night in one split (e.g. test: evaluate a model on "
                         "nights labelled for that purpose)")
     p.add_argument("--seed", type=int, default=0, help="seed of the night draw")
+    p.add_argument("--balance-by", metavar="COLUMN[,COLUMN...]",
+                   help="draw the night split so validation and test hold the same mix of these "
+                        "label columns' values as all the nights, meteor frames and others "
+                        "alike; 'snr' is each meteor's signal-to-noise bin, measured from its "
+                        "frames (simulator truth: e.g. condition,snr); default: a plain draw")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="preprocessing processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -569,7 +683,7 @@ def _run_index(args: argparse.Namespace) -> int:
         valid_frac=args.valid_frac, test_frac=args.test_frac, seed=args.seed,
         valid_nights=parse_nights(args.valid_nights), test_nights=parse_nights(args.test_nights),
         workers=max(1, args.workers), progress=not args.no_progress, source=source,
-        all_in=args.all_in,
+        all_in=args.all_in, balance_by=args.balance_by,
     )
     print(args.out / INDEX_NAME)
     return 0

@@ -7,10 +7,12 @@ model, are compared on the same frames.
 
 Per model: per-class precision/recall/F1 and confusion matrix at its threshold (the bundle's
 recommended one, 0.5 for a learner, or ``--threshold``), ROC and PR curves, a threshold sweep
-(recall and false positives per 1,000 frames), meteor recall by peak brightness and false
-positives by what else was in the frame (satellite, aircraft, moon, cloud…) when the index
-carries those truth columns, a top-loss gallery for label curation, and — for learners —
-Grad-CAM heatmaps showing where the network looks on a few meteors.
+(recall and false positives per 1,000 frames), meteor recall by peak brightness and by
+signal-to-noise ratio (``training.meteor_snr``) and false positives by what else was in the
+frame (satellite, aircraft, moon, cloud…) when the index carries those truth columns, a
+top-loss gallery for label curation, and — for learners — Grad-CAM heatmaps showing where the
+network looks on a few meteors. Every frame's scores go to ``scores.csv`` beside the report,
+with the index's truth columns, for the questions the report does not ask.
 
 For the candidate-window preprocessing (m1), once per report: the share of meteor frames whose
 meteor lies in one of the windows the model is shown, and in how many more a wider mosaic would
@@ -56,6 +58,7 @@ from training._metrics import (
     roc_curve,
     sweep,
 )
+from training.meteor_snr import SNR_EDGES, meteor_snr
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +234,41 @@ def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
              "alerts)", bundle, df["split"].iloc[0])
     scores = alert_scores(df, run_pipeline(bundle, night_folders(df), 0.0, threads, workers))
     return {**headline(at_threshold(y, scores, threshold)),
-            "best_within": {f"{b:g}": best_within(y, scores, b) for b in STAGE_BUDGETS}}
+            "best_within": {f"{b:g}": best_within(y, scores, b) for b in STAGE_BUDGETS},
+            "scores": scores}
+
+
+# The index's columns worth having beside each frame's scores (those it has).
+SCORE_CONTEXT = ("path", "frame", "night", "label", "meteor_peak", "meteor_length_px",
+                 *FLAG_COLUMNS, "cloud_cover", "condition", "camera")
+
+
+def write_scores(out: Path, df, scored: list[Scored], alerts: dict[str, np.ndarray],
+                 snr: np.ndarray | None = None) -> Path:
+    """Every frame's scores, one row per model and frame (`scores.csv`): the numbers behind the
+    report, for the questions it does not ask (which nights, which skies, which meteors)."""
+    import pandas as pd
+
+    context = df[[c for c in SCORE_CONTEXT if c in df.columns]].reset_index(drop=True)
+    if snr is not None:
+        context["snr"] = snr
+    parts = []
+    for s in scored:
+        part = context.copy()
+        part.insert(0, "model", s.name)
+        part["score"] = s.probs
+        if s.network is not None:
+            part["network"] = s.network
+        if s.on_line is not None and "frame" in context:
+            # Meteor frames with a known segment: whether a candidate line lay along it.
+            part["on_line"] = [s.on_line.get(str(f), "") for f in context["frame"]]
+        if s.name in alerts:
+            # The pipeline's score: 0 where the suppression rules would drop the frame.
+            part["alert_score"] = alerts[s.name]
+        parts.append(part)
+    path = out / "scores.csv"
+    pd.concat(parts, ignore_index=True).to_csv(path, index=False, float_format="%.6g")
+    return path
 
 
 def _truthy(column) -> np.ndarray:
@@ -248,12 +285,16 @@ def _peaks(df) -> np.ndarray | None:
     return np.nan_to_num(peaks, nan=-1.0)
 
 
-def breakdowns(df, y: np.ndarray, p: np.ndarray, t: float) -> dict[str, Any]:
-    """Recall by peak brightness, false positives by what else the frame held."""
+def breakdowns(df, y: np.ndarray, p: np.ndarray, t: float,
+               snr: np.ndarray | None = None) -> dict[str, Any]:
+    """Recall by peak brightness and by signal-to-noise ratio, false positives by what else the
+    frame held."""
     out: dict[str, Any] = {}
     peaks = _peaks(df)
     if peaks is not None:
         out["recall_by_peak"] = recall_by_bins(y, p, t, peaks)
+    if snr is not None:
+        out["recall_by_snr"] = recall_by_bins(y, p, t, np.nan_to_num(snr, nan=-1.0), SNR_EDGES)
     flags = []
     for column in FLAG_COLUMNS:
         if column in df.columns:
@@ -270,11 +311,13 @@ def breakdowns(df, y: np.ndarray, p: np.ndarray, t: float) -> dict[str, Any]:
         out["by_cloud_cover"] = _groups(
             y, p, t, np.digitize(cover, [0.25, 0.5, 0.75]),
             {0: "< 0.25", 1: "0.25–0.5", 2: "0.5–0.75", 3: ">= 0.75"})
-    if "condition" in df.columns:
-        cond = df["condition"].fillna("").astype(str).to_numpy()
-        names = sorted(set(cond))
-        out["by_condition"] = _groups(y, p, t, np.array([names.index(c) for c in cond]),
-                                      dict(enumerate(names)))
+    # Skies and sites differ in noise (docs/training.md, "Validation nights easier…").
+    for column in ("condition", "camera"):
+        if column in df.columns:
+            values = df[column].fillna("").astype(str).to_numpy()
+            names = sorted(set(values))
+            out[f"by_{column}"] = _groups(y, p, t, np.array([names.index(v) for v in values]),
+                                          dict(enumerate(names)))
     return out
 
 
@@ -350,7 +393,7 @@ def _groups(y, p, t, keys: np.ndarray, names: dict[int, str]) -> list[dict[str, 
     return rows
 
 
-def model_metrics(df, y: np.ndarray, s: Scored) -> dict[str, Any]:
+def model_metrics(df, y: np.ndarray, s: Scored, snr: np.ndarray | None = None) -> dict[str, Any]:
     auc = roc_curve(y, s.probs)[2]
     ap = pr_curve(y, s.probs)[2]
     thresholds = (*[round(t, 2) for t in np.arange(0.05, 0.951, 0.05)], 0.97, 0.98, 0.99, 0.995,
@@ -362,7 +405,7 @@ def model_metrics(df, y: np.ndarray, s: Scored) -> dict[str, Any]:
         "roc_auc": auc, "average_precision": ap,
         "sweep": sweep(y, s.probs, thresholds),
         "best_within_target": best_within(y, s.probs, TARGET_FP_PER_1000),
-        **breakdowns(df, y, s.probs, s.threshold),
+        **breakdowns(df, y, s.probs, s.threshold, snr),
     }
 
 
@@ -702,6 +745,12 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
             r.table(["peak", "meteors", "detected", "recall"],
                     [[b["bin"], b["meteors"], b["detected"], b["recall"]]
                      for b in m["recall_by_peak"]])
+        if m.get("recall_by_snr"):
+            r.heading("Meteor recall by signal-to-noise ratio (peak over the local noise σ of "
+                      "the difference)", 3)
+            r.table(["SNR", "meteors", "detected", "recall"],
+                    [[b["bin"], b["meteors"], b["detected"], b["recall"]]
+                     for b in m["recall_by_snr"]])
         if m.get("missed"):
             _missed_section(r, m["missed"])
         if m.get("false_positives_by_flag"):
@@ -710,7 +759,7 @@ def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[st
                     [[f["negatives_with"], f["frames"], f["false_positives"], f["fp_rate"]]
                      for f in m["false_positives_by_flag"]])
         for key, title in (("by_condition", "By sky condition"),
-                           ("by_cloud_cover", "By cloud cover")):
+                           ("by_cloud_cover", "By cloud cover"), ("by_camera", "By camera")):
             if m.get(key):
                 r.heading(title, 3)
                 r.table(["group", "frames", "meteors", "recall", "FP", "FP/1000 frames"],
@@ -754,12 +803,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             scored.append(score_learner(path, df, args.threshold))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    results = [model_metrics(df, y, s) for s in scored]
+    snr = meteor_snr(df, args.workers)  # the same per frame for every model
+    results = [model_metrics(df, y, s, snr) for s in scored]
+    alerts: dict[str, np.ndarray] = {}
     if args.alerts:
         for s, m in zip(scored, results, strict=True):
             if s.kind == "onnx":
                 m["alerts"] = pipeline_alerts(Path(s.info["path"]), df, y, s.threshold,
                                               args.threads or 1, args.workers)
+                alerts[s.name] = m["alerts"].pop("scores")
+    write_scores(out, df, scored, alerts, snr)
     figures: dict[str, Any] = {"curves": plot_curves(y, scored, out), "galleries": {}}
     # --gallery 0: no figure at all (not an empty one) and no heading in the report.
     for k, s in enumerate(scored if args.gallery > 0 else []):

@@ -336,12 +336,19 @@ def render(bundle_dir: Path, reports: dict[str, Path],
             lines += _table(["peak", "meteors", "recall"],
                             [[r.get("bin", r.get("range", "?")), r.get("meteors", r.get("n")),
                               r.get("recall")] for r in b["recall_by_peak"]])
+        if b.get("recall_by_snr"):
+            # The same meteors on one scale whatever the sky: peak over the local noise σ.
+            lines += ["", "Recall by the meteor's signal-to-noise ratio (its peak over the "
+                      "difference's noise σ around it; training/meteor_snr.py):", ""]
+            lines += _table(["SNR", "meteors", "recall"],
+                            [[r["bin"], r["meteors"], r["recall"]] for r in b["recall_by_snr"]])
         lines += missed_table((b.get("missed") or {}).get("at_best"))
-        if b.get("by_condition"):
-            lines += ["", "By sky condition:", ""]
-            lines += _table(["condition", "frames", "meteors", "recall", "FP / 1,000"],
-                            [[g["group"], g["frames"], g["meteors"], g["recall"],
-                              g["fp_per_1000"]] for g in b["by_condition"]])
+        for key, what in (("by_condition", "sky condition"), ("by_camera", "camera")):
+            if b.get(key):
+                lines += ["", f"By {what}:", ""]
+                lines += _table([what.split()[-1], "frames", "meteors", "recall", "FP / 1,000"],
+                                [[g["group"], g["frames"], g["meteors"], g["recall"],
+                                  g["fp_per_1000"]] for g in b[key]])
         if b.get("false_positives_by_flag"):
             lines += ["", "False positives among frames that hold:", ""]
             lines += _table(["what", "frames", "false positives", "rate"],

@@ -44,6 +44,9 @@ NEG_RATIO=${NEG_RATIO:-3}   # non-meteors drawn per meteor each epoch
 CALIB_IMAGES=${CALIB_IMAGES:-256} # int8 calibration images (1024 when export refuses a retrain)
 THREADS=${THREADS:-2}
 SEED=${SEED:-2026}
+BALANCE_BY=${BALANCE_BY:-}   # e.g. condition,snr: held-out nights with all the nights' mix of
+                             # skies and of how hard their meteors are to see (empty: the plain
+                             # seeded draw, 3.6.0's; docs/training.md step 4)
 
 UNTIL=${UNTIL:-5}            # stop after this step (e.g. 2: only simulate and index)
 FROM_STEP=${FROM_STEP:-1}    # e.g. 4: re-export and re-evaluate an already trained $WORK/model
@@ -103,7 +106,8 @@ done
 
 log "2/5 index ($PREPROCESS, ${SIZE} px), split by whole nights"
 "$GUAITA" dataset index "${truths[@]}" --out "$WORK/data" --preprocess "$PREPROCESS" --size "$SIZE" "${tiles[@]}" --min-peak "$MIN_PEAK" \
-  --valid-frac 0.15 --test-frac 0.15 --seed "$SEED" --workers "$THREADS" --no-progress
+  --valid-frac 0.15 --test-frac 0.15 --seed "$SEED" ${BALANCE_BY:+--balance-by "$BALANCE_BY"} \
+  --workers "$THREADS" --no-progress
 
 if ((UNTIL < 3)); then exit 0; fi
 
