@@ -402,6 +402,10 @@ def test_meteor_snr_measures_the_sky_around_the_trail_not_the_trail():
     quiet = local_noise(previous.astype(np.float32), previous.astype(np.float32) +
                         rng.normal(0, 4.2, (240, 320)).astype(np.float32), segment)
     assert abs(quiet - 4.2) < 0.2  # the sigma-clip keeps a Gaussian's σ
+    # A frame that is gone (an archived JPEG) gives no ratio, not a failed report.
+    from training.meteor_snr import snr_of
+
+    assert np.isnan(snr_of([("/nonexistent/a.jpg", "/nonexistent/b.jpg", segment, 40.0)])[0])
 
 
 # ---------------------------------------------------------------- augmentation

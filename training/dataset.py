@@ -50,6 +50,7 @@ from training._common import (
     write_json,
 )
 from training._parallel import process_map
+from training.meteor_snr import snr_bin, snr_of
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +326,6 @@ def measure_snr_bins(paired: list[tuple[Labelled, Frame]], workers: int = 1) -> 
     """Give each labelled frame the derived balance column ``snr``: its meteor's
     signal-to-noise bin (`training.meteor_snr`, read from the pair), "none" for other frames.
     Needs the simulator's segment and peak for every meteor frame."""
-    from training.meteor_snr import snr_bin, snr_of
-
     jobs, meteors = [], []
     for lab, previous in paired:
         if not lab.meteor:

@@ -16,7 +16,7 @@ import logging
 import cv2
 import numpy as np
 
-from edge.preprocess import read_gray
+from edge.preprocess import PreprocessError, read_gray
 from training._common import METEOR, meteor_segment
 from training._parallel import process_map
 
@@ -56,14 +56,24 @@ Job = tuple[str, str, tuple[float, float, float, float], float]
 
 def _one(job: Job) -> float:
     previous, current, segment, peak = job
-    noise = local_noise(read_gray(previous), read_gray(current), segment)
+    try:
+        noise = local_noise(read_gray(previous), read_gray(current), segment)
+    except (OSError, PreprocessError):
+        # A report on cached model inputs must not die for an archived JPEG: no SNR for it.
+        return float("nan")
     return peak / noise if noise > 0 else float("nan")
 
 
 def snr_of(jobs: list[Job], workers: int = 1) -> list[float]:
-    """Each (previous frame, frame, true segment, peak)'s signal-to-noise ratio."""
-    return list(process_map(_one, jobs, workers, desc="meteor SNR", unit="frame", chunksize=8,
-                            serial_below=32))
+    """Each (previous frame, frame, true segment, peak)'s signal-to-noise ratio (NaN where a
+    frame cannot be read, or there is no sky around the trail)."""
+    values = list(process_map(_one, jobs, workers, desc="meteor SNR", unit="frame",
+                              chunksize=8, serial_below=32))
+    unknown = sum(1 for v in values if not np.isfinite(v))
+    if unknown:
+        log.warning("no signal-to-noise ratio for %d of %d meteor frames (unreadable frames, "
+                    "or no sky around the trail)", unknown, len(values))
+    return values
 
 
 def snr_bin(value: float) -> str:
