@@ -608,8 +608,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--balance-by", metavar="COLUMN[,COLUMN...]",
                    help="draw the night split so validation and test hold the same mix of these "
                         "label columns' values as all the nights, meteor frames and others "
-                        "alike; 'snr' is each meteor's signal-to-noise bin, measured from its "
-                        "frames (simulator truth: e.g. condition,snr); default: a plain draw")
+                        "alike; simulator truth has condition, camera and snr (each meteor's "
+                        "signal-to-noise bin, measured from its frames): e.g. condition,snr; "
+                        "default: a plain draw")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="preprocessing processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
