@@ -43,14 +43,13 @@ from training._common import (
     INDEX_NAME,
     METEOR,
     NOT_METEOR,
-    SEGMENT_COLUMNS,
     SPLITS,
     TrainingError,
     save_input,
     write_json,
 )
 from training._parallel import process_map
-from training.meteor_snr import snr_bin, snr_of
+from training.meteor_snr import meteor_job, snr_bin, snr_of
 
 log = logging.getLogger(__name__)
 
@@ -331,13 +330,11 @@ def measure_snr_bins(paired: list[tuple[Labelled, Frame]], workers: int = 1) -> 
         if not lab.meteor:
             lab.extra[SNR_COLUMN] = "none"
             continue
-        try:
-            segment = tuple(float(lab.extra[c]) for c in SEGMENT_COLUMNS)
-            peak = float(lab.extra["meteor_peak"])
-        except (KeyError, ValueError):
+        job = meteor_job(str(previous.path), str(lab.frame.path), lab.extra)
+        if job is None:
             raise TrainingError(f"--balance-by {SNR_COLUMN}: {lab.frame.path.name} has no "
-                                "meteor segment and peak (simulator truth only)") from None
-        jobs.append((str(previous.path), str(lab.frame.path), segment, peak))
+                                "meteor segment and peak (simulator truth only)")
+        jobs.append(job)
         meteors.append(lab)
     log.info("signal-to-noise of %d meteor frames, to balance the split by it", len(jobs))
     for lab, value in zip(meteors, snr_of(jobs, workers), strict=True):

@@ -221,11 +221,12 @@ def score_bundle(path: Path, df, threshold: float | None, channels: int, mask_pa
 
 
 def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
-                    threads: int, workers: int = 1) -> dict[str, Any]:
+                    threads: int, workers: int = 1) -> tuple[dict[str, Any], np.ndarray]:
     """The split's nights, every frame, through the edge pipeline as the Pi runs them
     (suppression rules, learned mask): recall and false alerts of its alerts at `threshold`,
-    and the best recall any threshold reaches within each false-alert budget. One run at
-    threshold 0 gives every threshold's alerts (`alert_scores`, as alert-threshold does)."""
+    and the best recall any threshold reaches within each false-alert budget; and each frame's
+    alert score (for scores.csv). One run at threshold 0 gives every threshold's alerts
+    (`alert_scores`, as alert-threshold does)."""
     from training.alert_threshold import alert_scores, night_folders, run_pipeline
 
     if "frame" not in df.columns:
@@ -233,9 +234,9 @@ def pipeline_alerts(bundle: Path, df, y: np.ndarray, threshold: float,
     log.info("%s: the %s nights through the edge pipeline (threshold 0: every threshold's "
              "alerts)", bundle, df["split"].iloc[0])
     scores = alert_scores(df, run_pipeline(bundle, night_folders(df), 0.0, threads, workers))
-    return {**headline(at_threshold(y, scores, threshold)),
-            "best_within": {f"{b:g}": best_within(y, scores, b) for b in STAGE_BUDGETS},
-            "scores": scores}
+    return ({**headline(at_threshold(y, scores, threshold)),
+             "best_within": {f"{b:g}": best_within(y, scores, b) for b in STAGE_BUDGETS}},
+            scores)
 
 
 # The index's columns worth having beside each frame's scores (those it has).
@@ -809,9 +810,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.alerts:
         for s, m in zip(scored, results, strict=True):
             if s.kind == "onnx":
-                m["alerts"] = pipeline_alerts(Path(s.info["path"]), df, y, s.threshold,
-                                              args.threads or 1, args.workers)
-                alerts[s.name] = m["alerts"].pop("scores")
+                m["alerts"], alerts[s.name] = pipeline_alerts(
+                    Path(s.info["path"]), df, y, s.threshold, args.threads or 1, args.workers)
     write_scores(out, df, scored, alerts, snr)
     figures: dict[str, Any] = {"curves": plot_curves(y, scored, out), "galleries": {}}
     # --gallery 0: no figure at all (not an empty one) and no heading in the report.

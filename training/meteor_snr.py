@@ -54,6 +54,19 @@ def local_noise(previous: np.ndarray, current: np.ndarray,
 Job = tuple[str, str, tuple[float, float, float, float], float]
 
 
+def meteor_job(previous: str, current: str, truth) -> Job | None:
+    """The SNR job for a frame pair whose truth (an index row, or a label's truth columns)
+    gives its meteor's segment and peak; None where it does not."""
+    segment = meteor_segment(truth)
+    try:
+        peak = float(truth["meteor_peak"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if segment is None or not np.isfinite(peak):
+        return None
+    return previous, current, segment, peak
+
+
 def _one(job: Job) -> float:
     previous, current, segment, peak = job
     try:
@@ -93,13 +106,10 @@ def meteor_snr(df, workers: int = 1) -> np.ndarray | None:
     jobs: list[Job] = []
     rows = []
     for i, (_, row) in enumerate(df.iterrows()):
-        segment = meteor_segment(row)
-        try:
-            peak = float(row["meteor_peak"])
-        except (TypeError, ValueError):
-            continue
-        if row["label"] == METEOR and segment is not None and np.isfinite(peak):
-            jobs.append((str(row["previous"]), str(row["frame"]), segment, peak))
+        job = (meteor_job(str(row["previous"]), str(row["frame"]), row)
+               if row["label"] == METEOR else None)
+        if job is not None:
+            jobs.append(job)
             rows.append(i)
     if not jobs:
         return None
