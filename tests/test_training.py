@@ -246,7 +246,12 @@ def test_evaluate_report_holds_the_metrics(report: Path):
         assert sum(b["meteors"] for b in by_snr) == metrics["meteors"]
         assert (sum(b["detected"] for b in by_snr)
                 == sum(b["detected"] for b in m["recall_by_peak"]) == m["at_threshold"]["tp"])
+        # The blame for the misses, by SNR too: the same meteor frames as by peak.
+        missed = m["missed"]["at_threshold"]
+        assert missed["rows_by_snr"][0] == missed["rows"][0]
+        assert sum(r["meteors"] for r in missed["rows_by_snr"][1:]) == metrics["meteors"]
     assert "signal-to-noise ratio" in text
+    assert "The same meteor frames by signal-to-noise ratio" in text
     # The simulator's truth CSV names its camera by its folder: one camera here, every frame.
     for m in metrics["models"]:
         assert [(g["group"], g["frames"]) for g in m["by_camera"]] == [("sim", metrics["frames"])]

@@ -658,6 +658,21 @@ def test_each_missed_meteor_is_blamed_on_the_first_reason_that_applies():
                          "no_candidate_line": 1, "under_stage_floor": 0, "under_threshold": 3}
     table = "\n".join(missed_table(where_missed(df, y, classified, 0.8, ranks, 16)))
     assert "no candidate line along it" in table and "outside the windows" not in table
+    assert "signal-to-noise" not in table  # no SNR measured, no second table
+    # With each meteor's SNR (f4's unknown): the same blame, binned by it as well.
+    snr = np.array([20.0, 4.0, 2.0, 6.0, np.nan, 9.0, np.nan])
+    with_snr = where_missed(df, y, classified, 0.8, ranks, 16, snr)
+    assert with_snr["rows"] == where_missed(df, y, classified, 0.8, ranks, 16)["rows"]
+    by_snr = {r["bin"]: r for r in with_snr["rows_by_snr"]}
+    assert by_snr["all"] == by["all"]
+    assert by_snr["15–inf"] == {"bin": "15–inf", "meteors": 1, "detected": 1,
+                                "outside_windows": 0, "no_candidate_line": 0,
+                                "under_stage_floor": 0, "under_threshold": 0}
+    assert by_snr["3–5"]["no_candidate_line"] == 1 and by_snr["0–3"]["under_threshold"] == 1
+    assert sum(r["meteors"] for k, r in by_snr.items() if k != "all") == 5  # f4 in no bin
+    table = "\n".join(missed_table(with_snr))
+    assert "signal-to-noise" in table and "| SNR | meteors |" in table
+    assert "| 8–15 | 1 | 1 | 0 | 0 |" in table
 
 
 def test_trail_stage_gain_is_zero_recall_where_no_threshold_keeps_the_budget():

@@ -326,13 +326,16 @@ MISS_CAUSES = ("outside_windows", "no_candidate_line", "under_stage_floor", "und
 
 
 def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
-                 window_rank: dict[str, int | None] | None, shown: int) -> dict[str, Any]:
+                 window_rank: dict[str, int | None] | None, shown: int,
+                 snr: np.ndarray | None = None) -> dict[str, Any]:
     """Every meteor frame at `threshold`: detected, or the first reason it was not. Its meteor
     lay outside the windows the network is shown (m1, simulator segment known; not for a trail
     classifier's bundle, whose candidate lines may still hold it), or no candidate line of the
     trail classifier lay along it, or the network scored it under the trail stage's floor
     (never re-scored), or it scored under the threshold. By peak brightness: which lever the
-    next model needs (the mosaic or candidate search, the network, the ranking)."""
+    next model needs (the mosaic or candidate search, the network, the ranking). With `snr`
+    (each frame's meteor SNR, NaN where unknown), the same blame by SNR as well: brightness
+    alone mixes a faint meteor on a dark sky with a bright one under the Moon."""
     floor = s.info.get("stage_floor")
     # Frames without a known segment are not blamed on the windows or the candidates.
     known = {} if s.on_line is not None else (window_rank or {})
@@ -350,17 +353,22 @@ def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
             cause[i] = "under_stage_floor"
         else:
             cause[i] = "under_threshold"
-    peaks = _peaks(df)
-    bins = [("all", y)]
-    if peaks is not None:
-        bins += [(f"{lo:g}–{hi:g}", y & (peaks >= lo) & (peaks < hi))
-                 for lo, hi in itertools.pairwise(PEAK_EDGES)]
-    rows = [{"bin": name, "meteors": int(sel.sum()),
-             **{c: int((cause[sel] == c).sum()) for c in ("detected", *MISS_CAUSES)}}
-            for name, sel in bins if sel.any()]
-    return {"threshold": threshold,
-            "windows_checked": window_rank is not None and s.on_line is None,
-            "lines_checked": s.on_line is not None, "stage_floor": floor, "rows": rows}
+    def blame(values: np.ndarray | None, edges) -> list[dict[str, Any]]:
+        bins = [("all", y)]
+        if values is not None:
+            bins += [(f"{lo:g}–{hi:g}", y & (values >= lo) & (values < hi))
+                     for lo, hi in itertools.pairwise(edges)]
+        return [{"bin": name, "meteors": int(sel.sum()),
+                 **{c: int((cause[sel] == c).sum()) for c in ("detected", *MISS_CAUSES)}}
+                for name, sel in bins if sel.any()]
+
+    out = {"threshold": threshold,
+           "windows_checked": window_rank is not None and s.on_line is None,
+           "lines_checked": s.on_line is not None, "stage_floor": floor,
+           "rows": blame(_peaks(df), PEAK_EDGES)}
+    if snr is not None:
+        out["rows_by_snr"] = blame(np.nan_to_num(snr, nan=-1.0), SNR_EDGES)
+    return out
 
 
 def missed_columns(missed: dict[str, Any]) -> list[tuple[str, str]]:
@@ -375,12 +383,13 @@ def missed_columns(missed: dict[str, Any]) -> list[tuple[str, str]]:
     return [*columns, ("under_threshold", "scored too low")]
 
 
-def missed_rows(missed: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The header and rows of a `where_missed` table, for the report and the model card."""
+def missed_rows(missed: dict[str, Any], by: str = "peak") -> tuple[list[str], list[list[Any]]]:
+    """The header and rows of a `where_missed` table, by peak brightness or by SNR (`by`
+    "snr", empty where it was not measured), for the report and the model card."""
     columns = missed_columns(missed)
-    return (["peak", "meteors", *[title for _, title in columns]],
-            [[row["bin"], row["meteors"], *[row[key] for key, _ in columns]]
-             for row in missed["rows"]])
+    rows = missed["rows"] if by == "peak" else missed.get("rows_by_snr", [])
+    return (["peak" if by == "peak" else "SNR", "meteors", *[title for _, title in columns]],
+            [[row["bin"], row["meteors"], *[row[key] for key, _ in columns]] for row in rows])
 
 
 def _groups(y, p, t, keys: np.ndarray, names: dict[int, str]) -> list[dict[str, Any]]:
@@ -688,6 +697,10 @@ def _missed_section(r: Report, both: dict[str, Any]) -> None:
            + ", ".join(causes) + ". The windows need the simulator's segment; without it a "
            "miss is blamed on the score.")
     r.table(*missed_rows(missed))
+    if missed.get("rows_by_snr"):
+        r.para("The same meteor frames by signal-to-noise ratio (peak over the difference's "
+               "noise σ around the trail):")
+        r.table(*missed_rows(missed, "snr"))
 
 
 def write_report(out: Path, split: str, df, y: np.ndarray, results: list[dict[str, Any]],
@@ -840,9 +853,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         # the false-positive budget (when one is).
         best = m["best_within_target"]
         m["missed"] = {
-            "at_threshold": where_missed(df, y, s, s.threshold, window_rank, shown),
+            "at_threshold": where_missed(df, y, s, s.threshold, window_rank, shown, snr),
             "at_best": None if best is None else where_missed(df, y, s, best["threshold"],
-                                                              window_rank, shown)}
+                                                              window_rank, shown, snr)}
     write_report(out, args.split, df, y, results, figures, dmeta, coverage)
     summary = {"split": args.split, "frames": len(df), "meteors": int(y.sum()),
                "nights": sorted(df["night"].unique().tolist()),

@@ -124,9 +124,13 @@ def missed_table(missed: dict[str, Any] | None) -> list[str]:
     """`guaita evaluate`'s blame for each meteor frame lost at the target's threshold."""
     if not missed:
         return []
-    return ["", f"Where the meteors are lost at {missed['threshold']:.4g}, the best threshold "
-            f"within {TARGET_FP_PER_1000:g} false positives per 1,000 (each meteor frame "
-            "under the first reason):", "", *_table(*missed_rows(missed))]
+    lines = ["", f"Where the meteors are lost at {missed['threshold']:.4g}, the best threshold "
+             f"within {TARGET_FP_PER_1000:g} false positives per 1,000 (each meteor frame "
+             "under the first reason):", "", *_table(*missed_rows(missed))]
+    if missed.get("rows_by_snr"):
+        lines += ["", "The same, by the meteor's signal-to-noise ratio:", "",
+                  *_table(*missed_rows(missed, "snr"))]
+    return lines
 
 
 def _gain_table(gain: dict[str, Any], rows: list[tuple[str, str]]) -> list[str]:
