@@ -673,6 +673,19 @@ def test_each_missed_meteor_is_blamed_on_the_first_reason_that_applies():
     table = "\n".join(missed_table(with_snr))
     assert "signal-to-noise" in table and "| SNR | meteors |" in table
     assert "| 8–15 | 1 | 1 | 0 | 0 |" in table
+    # The card's status line: at the best threshold, the share found at SNR >= 5 (f0, f3,
+    # f5) and how many are fainter (f1, f2; f4's SNR unknown, in neither).
+    from training.model_card import verdict
+
+    best = {"recall": 2 / 6, "tp": 2, "meteors": 6, "threshold": 0.8}
+    line = verdict("test", {"models": [{"kind": "onnx", "best_within_target": best,
+                                        "missed": {"at_best": with_snr}}]})
+    assert line.endswith("target recall 0.95 **not met**. At that threshold it finds 0.6667 "
+                         "(2 of 3) of the meteor frames at SNR 5 or more; 2 are fainter.")
+    plain_line = verdict("test", {"models": [{"kind": "onnx", "best_within_target": best,
+                                              "missed": {"at_best": where_missed(
+                                                  df, y, classified, 0.8, ranks, 16)}}]})
+    assert "SNR" not in plain_line
 
 
 def test_trail_stage_gain_is_zero_recall_where_no_threshold_keeps_the_budget():

@@ -23,6 +23,7 @@ from training.evaluate import format_value, missed_rows
 from training.evaluate import markdown_table as _table
 
 NAN = float("nan")
+STATUS_SNR = 5.0  # the status line also gives recall at this SNR or more (peak over local σ)
 SWEEP_SHOWN = (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
@@ -36,7 +37,8 @@ def _bundle_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def verdict(name: str, metrics: dict[str, Any]) -> str:
     """One honest line: the best recall any threshold (every distinct score; a 0.01 grid in
     reports before 3.5.0's second evaluation, the sweep's rows in older ones) reaches within
-    the false-positive budget."""
+    the false-positive budget, and at that threshold the share found of the meteors at
+    SNR 5 or more, where the report measured SNR."""
     b = _bundle_metrics(metrics)
     if "best_within_target" in b:
         best = b["best_within_target"]
@@ -51,6 +53,7 @@ def verdict(name: str, metrics: dict[str, Any]) -> str:
     line = (f"on {name}, the best recall within {TARGET_FP_PER_1000:g} false-positive frames "
             f"per 1,000 is {recall_at_text(best)}: target "
             f"recall {TARGET_RECALL} {met}.")
+    line += _found_above_snr(b)
     # `evaluate --alerts`: the same budget on what the operator receives, the rules applied.
     alerts = (b.get("alerts") or {}).get("best_within", {}).get(f"{TARGET_FP_PER_1000:g}")
     if alerts is not None:
@@ -58,6 +61,21 @@ def verdict(name: str, metrics: dict[str, Any]) -> str:
         line += (f" The daemon's alerts (suppression rules on) reach {recall_at_text(alerts)} "
                  f"within {TARGET_FP_PER_1000:g} false alerts per 1,000: {met}.")
     return line
+
+
+def _found_above_snr(bundle_metrics: dict[str, Any], snr_floor: float = STATUS_SNR) -> str:
+    """At the same threshold, the share found of the meteors at SNR `snr_floor` or more: the
+    two sets of nights compare on it whatever their mix of faint meteors (empty without SNR)."""
+    rows = ((bundle_metrics.get("missed") or {}).get("at_best") or {}).get("rows_by_snr") or []
+    binned = [(float(r["bin"].split("–")[0]), r) for r in rows if r["bin"] != "all"]
+    reach = [r for low, r in binned if low >= snr_floor]
+    meteors = sum(r["meteors"] for r in reach)
+    if not meteors:
+        return ""
+    found = sum(r["detected"] for r in reach)
+    fainter = sum(r["meteors"] for low, r in binned if low < snr_floor)
+    return (f" At that threshold it finds {found / meteors:.4f} ({found} of {meteors}) of the "
+            f"meteor frames at SNR {snr_floor:g} or more; {fainter} are fainter.")
 
 
 def by_condition_table(by: dict[str, Any] | None) -> list[str]:
