@@ -23,7 +23,7 @@ from training.evaluate import format_value, missed_rows
 from training.evaluate import markdown_table as _table
 
 NAN = float("nan")
-STATUS_SNR = 5.0  # the status line also gives recall at this SNR or more (peak over local σ)
+STATUS_SNR = 5.0  # the status line: recall at this SNR or more; one of meteor_snr.SNR_EDGES
 SWEEP_SHOWN = (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
@@ -68,11 +68,11 @@ def _found_above_snr(bundle_metrics: dict[str, Any], snr_floor: float = STATUS_S
     two sets of nights compare on it whatever their mix of faint meteors (empty without SNR)."""
     rows = ((bundle_metrics.get("missed") or {}).get("at_best") or {}).get("rows_by_snr") or []
     binned = [(float(r["bin"].split("–")[0]), r) for r in rows if r["bin"] != "all"]
-    reach = [r for low, r in binned if low >= snr_floor]
-    meteors = sum(r["meteors"] for r in reach)
+    above = [r for low, r in binned if low >= snr_floor]
+    meteors = sum(r["meteors"] for r in above)
     if not meteors:
         return ""
-    found = sum(r["detected"] for r in reach)
+    found = sum(r["detected"] for r in above)
     fainter = sum(r["meteors"] for low, r in binned if low < snr_floor)
     return (f" At that threshold it finds {found / meteors:.4f} ({found} of {meteors}) of the "
             f"meteor frames at SNR {snr_floor:g} or more; {fainter} are fainter.")
