@@ -288,6 +288,16 @@ def poisson_upper(count: int, confidence: float) -> float:
     return hi
 
 
+def bin_label(lo: float, hi: float) -> str:
+    """A bin's name in reports and metrics.json, e.g. "3–5", "160–inf" (`bin_low` reads it)."""
+    return f"{lo:g}–{hi:g}"
+
+
+def bin_low(label: str) -> float:
+    """The lower edge of a `bin_label`."""
+    return float(label.split("–")[0])
+
+
 def recall_by_bins(y, p, threshold: float, values, edges=PEAK_EDGES) -> list[dict[str, Any]]:
     """Meteor recall per bin of `values` (e.g. peak brightness above background)."""
     y, p = _arrays(y, p)
@@ -298,7 +308,7 @@ def recall_by_bins(y, p, threshold: float, values, edges=PEAK_EDGES) -> list[dic
         n = int(sel.sum())
         if n:
             hits = int((p[sel] >= threshold).sum())
-            rows.append({"bin": f"{lo:g}–{hi:g}", "meteors": n, "detected": hits,
+            rows.append({"bin": bin_label(lo, hi), "meteors": n, "detected": hits,
                          "recall": hits / n})
     return rows
 

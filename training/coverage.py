@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.preprocess import PreprocessError, PreprocessSpec, candidate_windows, read_gray
 from training._common import METEOR, meteor_segment
-from training._metrics import PEAK_EDGES
+from training._metrics import PEAK_EDGES, bin_label
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def summarise(ranks: list[dict[str, Any]], shipped: int,
     for lo, hi in itertools.pairwise(PEAK_EDGES):
         sel = [r for r in ranks if lo <= r["peak"] < hi]
         if sel:
-            by_peak.append({"bin": f"{lo:g}–{hi:g}", "meteors": len(sel), "covered": shares(sel)})
+            by_peak.append({"bin": bin_label(lo, hi), "meteors": len(sel), "covered": shares(sel)})
     return {"windows_shown": shipped, "counts": list(counts), "meteors": len(ranks),
             "covered": shares(ranks) if ranks else {}, "by_peak": by_peak}
 

@@ -50,6 +50,7 @@ from training._metrics import (
     TARGET_FP_PER_1000,
     at_threshold,
     best_within,
+    bin_label,
     headline,
     per_class,
     pr_curve,
@@ -356,7 +357,7 @@ def where_missed(df, y: np.ndarray, s: Scored, threshold: float,
     def blame(values: np.ndarray | None, edges) -> list[dict[str, Any]]:
         bins = [("all", y)]
         if values is not None:
-            bins += [(f"{lo:g}–{hi:g}", y & (values >= lo) & (values < hi))
+            bins += [(bin_label(lo, hi), y & (values >= lo) & (values < hi))
                      for lo, hi in itertools.pairwise(edges)]
         return [{"bin": name, "meteors": int(sel.sum()),
                  **{c: int((cause[sel] == c).sum()) for c in ("detected", *MISS_CAUSES)}}

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.preprocess import PreprocessError, read_gray
 from training._common import METEOR, meteor_segment
+from training._metrics import bin_label
 from training._parallel import process_map
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def snr_bin(value: float) -> str:
     """The SNR_EDGES bin a ratio falls in, as the report names it (e.g. "3–5")."""
     for lo, hi in itertools.pairwise(SNR_EDGES):
         if lo <= value < hi:
-            return f"{lo:g}–{hi:g}"
+            return bin_label(lo, hi)
     return "unknown"  # NaN: no sky around the trail to measure
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.bundle import load_bundle
 from edge.trail_classifier import TrailClassifier
-from training._metrics import TARGET_FP_PER_1000, TARGET_RECALL, recall_at_text
+from training._metrics import TARGET_FP_PER_1000, TARGET_RECALL, bin_low, recall_at_text
 from training.evaluate import format_value, missed_rows
 from training.evaluate import markdown_table as _table
 
@@ -67,7 +67,7 @@ def _found_above_snr(bundle_metrics: dict[str, Any], snr_floor: float = STATUS_S
     """At the same threshold, the share found of the meteors at SNR `snr_floor` or more: the
     two sets of nights compare on it whatever their mix of faint meteors (empty without SNR)."""
     rows = ((bundle_metrics.get("missed") or {}).get("at_best") or {}).get("rows_by_snr") or []
-    binned = [(float(r["bin"].split("–")[0]), r) for r in rows if r["bin"] != "all"]
+    binned = [(bin_low(r["bin"]), r) for r in rows if r["bin"] != "all"]
     above = [r for low, r in binned if low >= snr_floor]
     meteors = sum(r["meteors"] for r in above)
     if not meteors:
